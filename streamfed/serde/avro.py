@@ -1,0 +1,117 @@
+"""fastavro codecs in the Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body.
+
+Without a Schema Registry the id of a schema is derived from its CRC-64-AVRO fingerprint (the low
+31 bits), so every StreamFed process agrees on it without coordination. Records written by a
+Schema-Registry-aware producer decode once their id is registered with :meth:`SchemaRegistry.add`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from streamfed.errors import SchemaError, SerializationError
+from streamfed.topology.loader import SCHEMA_DIR
+
+MAGIC = 0
+HEADER = struct.Struct(">bI")
+
+
+class SchemaRegistry:
+    """Schema id <-> parsed schema, for the schemas in one folder (and any added by hand)."""
+
+    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+        self.schema_dir = schema_dir
+        self._by_name: dict[str, tuple[int, Any, str]] = {}
+        self._by_id: dict[int, Any] = {}
+
+    def load(self, name: str) -> tuple[int, Any]:
+        """Return ``(schema_id, parsed_schema)`` of ``schemas/avro/<name>.avsc``."""
+        if name not in self._by_name:
+            path = self.schema_dir / f"{name}.avsc"
+            try:
+                parsed = fastavro.parse_schema(json.loads(path.read_text()))
+            except FileNotFoundError as exc:
+                known = sorted(p.stem for p in self.schema_dir.glob("*.avsc"))
+                raise SchemaError(f'no Avro schema "{name}" in {self.schema_dir}; valid: {", ".join(known)}') from exc
+            except (ValueError, fastavro.schema.SchemaParseException) as exc:
+                raise SchemaError(f"{path}: not a valid Avro schema: {exc}") from exc
+            fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
+            schema_id = int(fp[-8:], 16) & 0x7FFFFFFF
+            self._by_name[name] = (schema_id, parsed, fp)
+            self._by_id[schema_id] = parsed
+        schema_id, parsed, _ = self._by_name[name]
+        return schema_id, parsed
+
+    def fingerprint(self, name: str) -> str:
+        self.load(name)
+        return self._by_name[name][2]
+
+    def add(self, schema_id: int, schema: dict[str, Any]) -> None:
+        """Register a writer schema under an id assigned elsewhere (e.g. by a Schema Registry)."""
+        self._by_id[schema_id] = fastavro.parse_schema(schema)
+
+    def by_id(self, schema_id: int) -> Any | None:
+        return self._by_id.get(schema_id)
+
+
+@cache
+def default_registry() -> SchemaRegistry:
+    return SchemaRegistry()
+
+
+class AvroCodec:
+    """Encode/decode one record type; decoding resolves any registered writer schema to this one.
+
+    >>> codec = AvroCodec("dead_letter")
+    >>> rec = {"component": "site", "site_id": None, "source_topic": "t", "partition": 0, "offset": 1,
+    ...        "key": None, "value": b"x", "reason": "decode", "detail": "", "created_ms": 0}
+    >>> codec.decode(codec.encode(rec))["reason"]
+    'decode'
+    """
+
+    def __init__(self, name: str, registry: SchemaRegistry | None = None) -> None:
+        self.name = name
+        self.registry = registry or default_registry()
+        self.schema_id, self.schema = self.registry.load(name)
+        self._header = HEADER.pack(MAGIC, self.schema_id)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._header)
+        try:
+            fastavro.schemaless_writer(buf, self.schema, record, strict_allow_default=True)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise SerializationError(f"record does not match schema {self.name}: {exc}") from exc
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        if data is None or len(data) < HEADER.size:
+            raise SerializationError(f"message of {0 if data is None else len(data)} bytes is too short for the wire format")
+        magic, schema_id = HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise SerializationError(f"unknown magic byte {magic} (expected {MAGIC}, Confluent wire format)")
+        if schema_id == self.schema_id:
+            writer = self.schema
+        else:
+            writer = self.registry.by_id(schema_id)
+            if writer is None:
+                raise SerializationError(f"unknown schema id {schema_id} (this reader expects {self.name}, id {self.schema_id})")
+        buf = io.BytesIO(data)
+        buf.seek(HEADER.size)
+        try:
+            record = fastavro.schemaless_reader(buf, writer, self.schema if writer is not self.schema else None)
+        except Exception as exc:  # fastavro raises many kinds (EOFError, UnicodeDecodeError, SchemaResolutionError...)
+            raise SerializationError(f"body does not decode as {self.name}: {type(exc).__name__}: {exc}") from exc
+        if buf.tell() != len(data):
+            raise SerializationError(f"{len(data) - buf.tell()} trailing bytes after a {self.name} record")
+        if not isinstance(record, dict):
+            raise SerializationError(f"decoded a {type(record).__name__}, not a {self.name} record")
+        return record

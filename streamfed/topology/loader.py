@@ -1,0 +1,137 @@
+"""The only code that reads topology YAML. Errors name the field path and the valid choices."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from streamfed.errors import ConfigError
+from streamfed.topology.spec import Topology
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOPOLOGY_DIRS = (Path("topologies"), REPO_ROOT / "topologies")
+SCHEMA_DIR = REPO_ROOT / "schemas" / "avro"
+
+
+def resolve_topology_path(name_or_path: str | Path) -> Path:
+    """A path as given, or a bare name such as ``fraud`` looked up in ``topologies/``."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if path.suffix == "" and len(path.parts) == 1:
+        for folder in TOPOLOGY_DIRS:
+            candidate = folder / f"{path.name}.yaml"
+            if candidate.exists():
+                return candidate
+        known = sorted({p.stem for d in TOPOLOGY_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+        raise ConfigError(f'unknown topology "{name_or_path}"; valid: {", ".join(known)} or a path to a YAML file')
+    raise ConfigError(f"topology file {path} does not exist")
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid topology"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            msg = f"unknown field; valid: {', '.join(_fields_at(parent))}"
+        elif "input" in err and err["type"] in ("literal_error", "enum"):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The valid field names of the spec at ``loc`` (for 'unknown field' errors)."""
+    from pydantic import BaseModel
+
+    model: Any = Topology
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = None
+        for c in candidates:
+            inner = [c, *getattr(c, "__args__", ())]
+            for i in inner:
+                if isinstance(i, type) and issubclass(i, BaseModel):
+                    nxt = i
+        if nxt is None:
+            return []
+        model = nxt
+    return sorted(model.model_fields)
+
+
+def schema_fields(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
+    """Field name -> Avro type of a record schema in ``schemas/avro``."""
+    path = schema_dir / f"{schema_name}.avsc"
+    if not path.exists():
+        known = sorted(p.stem for p in schema_dir.glob("*.avsc"))
+        raise ConfigError(f'model.record_schema: unknown schema "{schema_name}"; valid: {", ".join(known)}')
+    doc = json.loads(path.read_text())
+    return {f["name"]: f["type"] for f in doc.get("fields", [])}
+
+
+def _check_against_schema(topo: Topology, source: str) -> None:
+    fields = schema_fields(topo.model.record_schema)
+    problems = []
+    for name in topo.model.features.input_fields():
+        if name not in fields:
+            problems.append(f"  model.features: field {name!r} is not in schema {topo.model.record_schema}")
+    if topo.model.label not in fields:
+        problems.append(f"  model.label: field {topo.model.label!r} is not in schema {topo.model.record_schema}")
+    if problems:
+        valid = ", ".join(sorted(fields))
+        raise ConfigError(f"{source}: invalid topology\n" + "\n".join(problems) + f"\n  valid fields: {valid}")
+
+
+def load_topology(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Topology:
+    """Read, merge ``overrides`` into, and validate a topology file.
+
+    Relative paths inside the file (data sources, keys) are resolved against the file's folder;
+    ``state_dir`` is resolved against the working directory.
+    """
+    file = resolve_topology_path(path)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: a topology is a mapping at the top level")
+    data = _merge(raw, overrides or {})
+    base = file.resolve().parent
+    for site in data.get("sites") or []:
+        if not isinstance(site, dict):
+            continue
+        src = site.get("source")
+        if isinstance(src, dict) and "path" in src and not Path(src["path"]).is_absolute():
+            src["path"] = str((base / src["path"]).resolve())
+        for key in ("public_key", "private_key"):
+            if isinstance(site.get(key), str) and not Path(site[key]).is_absolute():
+                site[key] = str(base / site[key])
+    try:
+        topo = Topology.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(str(file), exc)) from exc
+    _check_against_schema(topo, str(file))
+    return topo

@@ -1,0 +1,311 @@
+"""Frozen specs for a topology. YAML keys are exactly these field names.
+
+Each component receives only its own spec (``SiteProcessor`` gets a ``SiteSpec`` and the
+``ModelSpec``/``PrivacySpec``/``UpdateSpec`` it needs, never the whole file). Cross-field checks run
+at load time and name the field path and the valid choices.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NumericFeature(Frozen):
+    """A numeric record field, transformed by a declared (data-independent) rule.
+
+    Scaling is declared rather than learned from the stream: running statistics would be a
+    function of every record ever seen and would leak outside the accounted mechanism.
+    """
+
+    name: str
+    transform: Literal["identity", "log1p", "cyclic"] = "identity"
+    period: PositiveFloat | None = None
+    center: float = 0.0
+    scale: PositiveFloat = 1.0
+    min: float | None = None
+    max: float | None = None
+    missing: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NumericFeature:
+        if self.transform == "cyclic" and self.period is None:
+            raise ValueError("transform 'cyclic' needs a period (for example 24 for an hour of day)")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        return self
+
+    def output_names(self) -> list[str]:
+        if self.transform == "cyclic":
+            return [f"{self.name}_sin", f"{self.name}_cos"]
+        return [self.name]
+
+
+class CategoricalFeature(Frozen):
+    """A string field, one-hot encoded over the declared values (unknown values encode as zeros)."""
+
+    name: str
+    values: list[str] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("values must be unique")
+        return values
+
+    def output_names(self) -> list[str]:
+        return [f"{self.name}={v}" for v in self.values]
+
+
+class FeatureSpec(Frozen):
+    numeric: list[NumericFeature] = []
+    categorical: list[CategoricalFeature] = []
+    boolean: list[str] = []
+
+    def input_fields(self) -> list[str]:
+        return [f.name for f in self.numeric] + [f.name for f in self.categorical] + list(self.boolean)
+
+    def names(self) -> list[str]:
+        """The fixed feature order every site and the aggregator share."""
+        out: list[str] = []
+        for num in self.numeric:
+            out += num.output_names()
+        for cat in self.categorical:
+            out += cat.output_names()
+        out += list(self.boolean)
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureSpec:
+        fields = self.input_fields()
+        if not fields:
+            raise ValueError("declare at least one feature (numeric, categorical or boolean)")
+        dup = sorted({f for f in fields if fields.count(f) > 1})
+        if dup:
+            raise ValueError(f"fields declared twice: {', '.join(dup)}")
+        return self
+
+
+class OnlineSpec(Frozen):
+    """The river learner updated on every labelled event."""
+
+    learner: Literal["logistic"] = "logistic"
+    learning_rate: PositiveFloat = 0.05
+    l2: float = Field(0.0, ge=0)
+
+
+class DeepSpec(Frozen):
+    """The torch network trained in periodic mini-batch steps from a bounded replay buffer."""
+
+    enabled: bool = True
+    hidden: list[Annotated[int, Field(gt=0, le=65536)]] = [16]
+    batch_size: int = Field(1024, gt=0, le=1 << 20)
+    replay_size: int = Field(20000, gt=0)
+    step_every_records: int = Field(2000, gt=0)
+    step_every_seconds: PositiveFloat = 5.0
+    steps: int = Field(4, gt=0, le=10000)
+    learning_rate: PositiveFloat = 1e-3
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ModelSpec(Frozen):
+    name: Name
+    task: Literal["binary_classification"] = "binary_classification"
+    record_schema: str = Field(description="Avro schema name: schemas/avro/<record_schema>.avsc")
+    label: str
+    features: FeatureSpec
+    online: OnlineSpec = OnlineSpec()
+    deep: DeepSpec = DeepSpec()
+    blend: float = Field(0.5, ge=0, le=1, description="weight of the online learner in predictions")
+    seed: int = 0
+    auc_window: int = Field(1000, gt=10)
+
+
+class PrivacySpec(Frozen):
+    """Per-record differential privacy of every published update (see docs/privacy.md)."""
+
+    epsilon: PositiveFloat = Field(description="per-record target epsilon over the k releases a record can reach")
+    delta: float = Field(1e-6, gt=0, lt=1)
+    clip_norm: PositiveFloat = 1.0
+    max_updates_per_record: int = Field(2, ge=1, le=1000, description="k: releases one record can influence")
+    noise_multiplier: PositiveFloat | None = Field(
+        None, description="noise std / clip_norm; calibrated from epsilon when left out"
+    )
+    budget_epsilon: PositiveFloat | None = Field(None, description="lifetime epsilon budget per site")
+
+
+class UpdateSpec(Frozen):
+    """When a site publishes: every N labelled records or T seconds, whichever first."""
+
+    every_records: int = Field(2000, gt=0)
+    every_seconds: PositiveFloat = 5.0
+    min_records: int = Field(50, ge=1)
+
+
+class AggregationSpec(Frozen):
+    strategy: Literal["fedbuff"] = "fedbuff"
+    rule: Literal["mean", "median", "trimmed_mean", "norm_bound"] = "mean"
+    buffer_size: int = Field(3, ge=1, le=10000)
+    server_learning_rate: PositiveFloat = 1.0
+    max_staleness: int = Field(20, ge=0)
+    staleness_exponent: float = Field(0.5, ge=0, le=4)
+    weight_by_examples: bool = True
+    trim_fraction: float = Field(0.1, ge=0, lt=0.5)
+    norm_bound: PositiveFloat | None = Field(None, description="norm_bound rule: scale updates down to this")
+    max_update_norm: PositiveFloat | None = Field(
+        None, description="reject updates above this L2 norm; derived from clip and noise when left out"
+    )
+    commit_interval_seconds: PositiveFloat = 2.0
+
+    @model_validator(mode="after")
+    def _check(self) -> AggregationSpec:
+        if self.rule == "norm_bound" and self.norm_bound is None:
+            raise ValueError("rule 'norm_bound' needs norm_bound")
+        return self
+
+
+Scalar = str | int | float | bool
+
+
+class KafkaSpec(Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    settings: dict[str, Scalar] = Field(
+        default_factory=dict, description="librdkafka settings applied to every client (TLS, SASL, timeouts)"
+    )
+    consumer_settings: dict[str, Scalar] = Field(default_factory=dict, description="librdkafka, consumers only")
+    producer_settings: dict[str, Scalar] = Field(default_factory=dict, description="librdkafka, producers only")
+    partitions: int = Field(3, ge=1, description="partitions of each site's transaction topic")
+    replication_factor: int = Field(1, ge=1)
+    max_message_bytes: int = Field(16 << 20, ge=1 << 20, le=1 << 30)
+
+
+class SimulatorSpec(Frozen):
+    """Synthetic card transactions for one site (used by `streamfed simulate`)."""
+
+    rate: PositiveFloat = 500.0
+    fraud_rate: float = Field(0.02, gt=0, lt=0.5)
+    drift_period_seconds: PositiveFloat = 300.0
+    online_share: float = Field(0.35, ge=0, le=1)
+    night_share: float = Field(0.12, ge=0, le=1)
+    label_fraction: float = Field(1.0, ge=0, le=1)
+    seed: int | None = None
+
+
+class SourceSpec(Frozen):
+    """A real data file replayed as records (used by `streamfed replay`)."""
+
+    path: Path
+    format: Literal["csv"] = "csv"
+    separator: str = ","
+    header: bool = True
+    columns: list[str] | None = None
+    na_values: list[str] = ["", "NA", "?"]
+    fields: dict[str, str] = Field(default_factory=dict, description="record field -> column (default: same)")
+    label_column: str
+    label_positive: list[str] | None = None
+    label_threshold: float | None = None
+    where: dict[str, list[str]] = Field(default_factory=dict, description="keep rows whose column is one of")
+    drop_columns: list[str] = []
+    rate: PositiveFloat = 200.0
+
+    @model_validator(mode="after")
+    def _check(self) -> SourceSpec:
+        if (self.label_positive is None) == (self.label_threshold is None):
+            raise ValueError("give exactly one of label_positive (values) or label_threshold (number)")
+        if not self.header and not self.columns:
+            raise ValueError("a file without a header needs columns")
+        return self
+
+
+class SiteSpec(Frozen):
+    id: Name
+    topic: str | None = None
+    public_key: Path | None = None
+    private_key: Path | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    simulator: SimulatorSpec | None = None
+    source: SourceSpec | None = None
+
+
+class MetricsSpec(Frozen):
+    aggregator_port: int | None = Field(None, ge=0, le=65535)
+
+
+class Topology(Frozen):
+    name: Name
+    description: str = ""
+    model: ModelSpec
+    privacy: PrivacySpec
+    update: UpdateSpec = UpdateSpec()
+    aggregation: AggregationSpec = AggregationSpec()
+    kafka: KafkaSpec = KafkaSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    sites: list[SiteSpec] = Field(min_length=1)
+    state_dir: Path = Field(Path(".streamfed"), description="checkpoints, ledgers and keys live under <state_dir>/<name>")
+
+    @model_validator(mode="after")
+    def _check(self) -> Topology:
+        ids = [s.id for s in self.sites]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"site ids must be unique; repeated: {', '.join(dup)}")
+        if self.aggregation.max_update_norm is not None and self.aggregation.max_update_norm < self.privacy.clip_norm:
+            raise ValueError("aggregation.max_update_norm must be at least privacy.clip_norm")
+        if not math.isfinite(self.privacy.epsilon):
+            raise ValueError("privacy.epsilon must be finite")
+        return self
+
+    # Topic names: streamfed.<topology>.<stream>
+    def topic(self, stream: str) -> str:
+        return f"streamfed.{self.name}.{stream}"
+
+    @property
+    def updates_topic(self) -> str:
+        return self.topic("updates")
+
+    @property
+    def models_topic(self) -> str:
+        return self.topic("models")
+
+    @property
+    def lineage_topic(self) -> str:
+        return self.topic("lineage")
+
+    @property
+    def rejected_topic(self) -> str:
+        return self.topic("updates.rejected")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.topic("deadletters")
+
+    def site(self, site_id: str) -> SiteSpec:
+        for s in self.sites:
+            if s.id == site_id:
+                return s
+        raise KeyError(site_id)
+
+    def transactions_topic(self, site: SiteSpec) -> str:
+        return site.topic or self.topic(f"transactions.{site.id}")
+
+    @property
+    def home(self) -> Path:
+        """Where this topology's checkpoints, ledgers and keys live."""
+        return self.state_dir / self.name
+
+    def public_key_path(self, site: SiteSpec) -> Path:
+        return site.public_key or self.home / "keys" / f"{site.id}.pub"
+
+    def private_key_path(self, site: SiteSpec) -> Path:
+        return site.private_key or self.home / "keys" / f"{site.id}.key"
