@@ -1,0 +1,158 @@
+"""A torch MLP trained in periodic mini-batch steps from a bounded replay buffer (``cuda`` if present)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamfed.learners.base import Matrix, Segment, Vector
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            from streamfed.errors import ConfigError
+
+            raise ConfigError("model.deep.device is 'cuda' but no CUDA device is available; valid here: auto, cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class ReplayBuffer:
+    """A ring of the most recent labelled rows, each tagged with the update window it arrived in.
+
+    Rows are evicted by capacity and, for the privacy guarantee, once ``k`` updates have been
+    published since they arrived: a row then influences at most ``k`` releases.
+
+    >>> buf = ReplayBuffer(dim=2, capacity=4)
+    >>> buf.add(np.ones((3, 2), dtype=np.float32), np.ones(3, dtype=np.float32), window=0)
+    >>> buf.evict_windows_before(1); len(buf)
+    0
+    """
+
+    def __init__(self, dim: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.X = np.zeros((capacity, dim), dtype=np.float32)
+        self.y = np.zeros(capacity, dtype=np.float32)
+        self.window = np.full(capacity, -1, dtype=np.int64)
+        self._next = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, X: Matrix, y: Vector, window: int) -> None:
+        n = len(X)
+        if n >= self.capacity:
+            X, y, n = X[-self.capacity:], y[-self.capacity:], self.capacity
+        idx = (self._next + np.arange(n)) % self.capacity
+        self.X[idx] = X
+        self.y[idx] = y
+        self.window[idx] = window
+        self._next = int((self._next + n) % self.capacity)
+        self._size = min(self.capacity, self._size + n)
+
+    def evict_windows_before(self, window: int) -> None:
+        """Forget every row that arrived in an update window older than ``window``."""
+        stale = (self.window >= 0) & (self.window < window)
+        if stale.any():
+            self.window[stale] = -1
+            self.X[stale] = 0.0
+        self._size = int((self.window >= 0).sum())
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[Matrix, Vector]:
+        live = np.flatnonzero(self.window >= 0)
+        idx = rng.choice(live, size=min(n, live.size), replace=live.size < n) if live.size else live
+        return self.X[idx], self.y[idx]
+
+
+class TorchMLPLearner:
+    """An MLP for binary classification; parameters flattened in ``named_parameters`` order."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: list[int],
+        learning_rate: float = 1e-3,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        self.device = pick_device(device)
+        gen = torch.Generator().manual_seed(seed)
+        layers: list[nn.Module] = []
+        prev = dim
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            prev = h
+        layers.append(nn.Linear(prev, 1))
+        self.net = nn.Sequential(*layers)
+        with torch.no_grad():
+            for p in self.net.parameters():  # deterministic init shared by every site and the aggregator
+                bound = 1.0 / np.sqrt(p.shape[-1]) if p.dim() > 1 else 0.01
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+        self.net.to(self.device)
+        self.learning_rate = learning_rate
+        self.loss = nn.BCEWithLogitsLoss()
+        self.reset_optimizer()
+        self.last_step_seconds = 0.0
+
+    def reset_optimizer(self) -> None:
+        """Fresh optimizer state (its moments would otherwise carry evicted records forward)."""
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
+
+    def layout(self) -> list[Segment]:
+        return [Segment(f"deep.{n}", tuple(p.shape)) for n, p in self.net.named_parameters()]
+
+    def get_params(self) -> Vector:
+        with torch.no_grad():
+            vec = torch.nn.utils.parameters_to_vector(self.net.parameters())
+        return vec.detach().to("cpu", torch.float32).numpy().copy()
+
+    def set_params(self, params: Vector) -> None:
+        t = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32)).to(self.device)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(t, self.net.parameters())
+
+    def predict_proba_many(self, X: Matrix) -> Vector:
+        if len(X) == 0:
+            return np.zeros(0, dtype=np.float32)
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(X)).to(self.device, non_blocking=True)
+            return torch.sigmoid(self.net(x)).squeeze(-1).float().cpu().numpy()
+
+    def learn_many(self, X: Matrix, y: Vector) -> None:
+        """One optimizer step on the batch."""
+        if len(X) == 0:
+            return
+        pin = self.device.type == "cuda"
+        xt = torch.from_numpy(np.ascontiguousarray(X))
+        yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+        if pin:
+            xt, yt = xt.pin_memory(), yt.pin_memory()
+        xt = xt.to(self.device, non_blocking=True)
+        yt = yt.to(self.device, non_blocking=True)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(self.net(xt).squeeze(-1), yt)
+        loss.backward()
+        self.opt.step()
+
+    def train_steps(self, buffer: ReplayBuffer, steps: int, batch_size: int, rng: np.random.Generator) -> int:
+        """``steps`` mini-batch steps sampled from ``buffer``; returns rows seen."""
+        if len(buffer) == 0:
+            return 0
+        t0 = time.perf_counter()
+        seen = 0
+        for _ in range(steps):
+            X, y = buffer.sample(batch_size, rng)
+            self.learn_many(X, y)
+            seen += len(X)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.last_step_seconds = (time.perf_counter() - t0) / steps
+        return seen

@@ -1,0 +1,35 @@
+"""Pure privacy mechanisms (rng injected), the dp-accounting ledger, and Ed25519 signing."""
+
+from streamfed.privacy.accountant import (
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    epsilon_for,
+    resolve_noise_multiplier,
+)
+from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, csprng
+from streamfed.privacy.signing import (
+    SiteSigner,
+    UpdateVerifier,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    write_keypair,
+)
+
+__all__ = [
+    "PrivacyLedger",
+    "SiteSigner",
+    "UpdateVerifier",
+    "add_gaussian_noise",
+    "calibrate_noise_multiplier",
+    "clip_l2",
+    "csprng",
+    "epsilon_for",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "resolve_noise_multiplier",
+    "write_keypair",
+]
