@@ -1,0 +1,3 @@
+from streamfed.cli.main import app
+
+app()

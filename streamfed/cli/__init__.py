@@ -1,0 +1,1 @@
+"""The ``streamfed`` command line, one module per command group."""

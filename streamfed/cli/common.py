@@ -1,0 +1,71 @@
+"""Options and helpers shared by the commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from streamfed.errors import StreamfedError
+from streamfed.topology import Topology, load_topology
+
+console = Console(stderr=True)
+
+TopologyOpt = Annotated[str, typer.Option("--topology", "-t", help="topology name (in topologies/) or YAML path")]
+BootstrapOpt = Annotated[
+    str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers, overriding the topology's")
+]
+StateDirOpt = Annotated[
+    Path | None, typer.Option("--state-dir", help="folder for checkpoints, ledgers and keys (default: topology's)")
+]
+MetricsPortOpt = Annotated[int | None, typer.Option("--metrics-port", help="serve Prometheus /metrics here (0: any)")]
+SummaryOpt = Annotated[Path | None, typer.Option("--summary-json", help="write a JSON summary here on exit")]
+DurationOpt = Annotated[float | None, typer.Option("--duration", help="stop after this many seconds")]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("STREAMFED_LOG_LEVEL", "INFO").upper(),
+                                                  logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def load(topology: str, bootstrap: str | None = None, state_dir: Path | None = None) -> Topology:
+    overrides: dict[str, Any] = {}
+    if bootstrap:
+        overrides["kafka"] = {"bootstrap_servers": bootstrap}
+    if state_dir is not None:
+        overrides["state_dir"] = str(state_dir)
+    return load_topology(topology, overrides)
+
+
+def fail(exc: StreamfedError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    return typer.Exit(2)
+
+
+def stop_on_signals(event: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``event``; the service finishes its current batch and exits cleanly."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        logging.getLogger("streamfed").info("signal %d: stopping", signum)
+        event.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)

@@ -1,0 +1,74 @@
+"""`streamfed topology ...` and `streamfed keys ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+
+from streamfed.cli.common import StateDirOpt, TopologyOpt, fail, load
+from streamfed.errors import StreamfedError
+
+topology_app = typer.Typer(help="Check and show topologies.", no_args_is_help=True)
+keys_app = typer.Typer(help="Site signing keys (Ed25519).", no_args_is_help=True)
+out = Console()
+
+
+@topology_app.command("validate")
+def validate(file: Annotated[str, typer.Argument(help="topology YAML file or name")]) -> None:
+    """Print the resolved topology (defaults filled in), or the errors naming each field and its choices."""
+    from streamfed.privacy.accountant import epsilon_for, resolve_noise_multiplier
+
+    try:
+        topo = load(file)
+        sigma = resolve_noise_multiplier(topo.privacy)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    doc = topo.model_dump(mode="json")
+    out.print(yaml.safe_dump(doc, sort_keys=False), end="", highlight=False)
+    k = topo.privacy.max_updates_per_record
+    out.print(
+        f"# privacy: noise multiplier sigma = {sigma:.4f} (noise std {sigma * topo.privacy.clip_norm:.4f}), "
+        f"k = {k} releases per record, per-record epsilon = "
+        f"{epsilon_for(sigma, k, topo.privacy.delta):.3f} at delta = {topo.privacy.delta:g}", highlight=False
+    )
+    out.print(f"# features ({len(topo.model.features.names())}): {', '.join(topo.model.features.names())}",
+              highlight=False)
+
+
+@keys_app.command("generate")
+def generate(
+    topology: TopologyOpt = "fraud",
+    site: Annotated[list[str] | None, typer.Option("--site", "-s", help="site id (repeatable; default: all)")] = None,
+    state_dir: StateDirOpt = None,
+    force: Annotated[bool, typer.Option(help="replace existing keys")] = False,
+) -> None:
+    """Write an Ed25519 key pair for each site (where the topology's key paths point)."""
+    from streamfed.privacy.signing import write_keypair
+
+    try:
+        topo = load(topology, None, state_dir)
+        ids = [s.id for s in topo.sites]
+        for s in site or []:
+            if s not in ids:
+                raise typer.BadParameter(f'unknown site "{s}"; valid: {", ".join(ids)}')
+        for spec in topo.sites:
+            if site and spec.id not in site:
+                continue
+            priv, pub = topo.private_key_path(spec), topo.public_key_path(spec)
+            wrote = write_keypair(priv, pub, overwrite=force)
+            out.print(f"{spec.id}: {'wrote' if wrote else 'kept'} {priv} and {pub}", highlight=False)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+
+
+def ensure_keys(topo_path: str, state_dir: Path | None) -> None:
+    """Generate any missing site keys (used by `streamfed up`)."""
+    from streamfed.privacy.signing import write_keypair
+
+    topo = load(topo_path, None, state_dir)
+    for spec in topo.sites:
+        write_keypair(topo.private_key_path(spec), topo.public_key_path(spec))

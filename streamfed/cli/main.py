@@ -1,0 +1,28 @@
+"""The ``streamfed`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from streamfed.cli import services
+from streamfed.cli.config import keys_app, topology_app
+from streamfed.cli.models import models_app
+from streamfed.cli.up import up
+
+app = typer.Typer(
+    name="streamfed",
+    help="Streaming-first federated learning on Kafka: sites learn online on live streams, publish "
+    "differentially private updates, an aggregator produces model versions continuously.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("up")(up)
+app.command("broker")(services.broker)
+app.command("provision")(services.provision)
+app.command("site")(services.site)
+app.command("aggregator")(services.aggregator)
+app.command("simulate")(services.simulate)
+app.command("replay")(services.replay)
+app.add_typer(topology_app, name="topology")
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")

@@ -1,0 +1,247 @@
+"""Long-running commands: broker, provision, site, aggregator, simulate, replay."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamfed.cli.common import (
+    BootstrapOpt,
+    DurationOpt,
+    MetricsPortOpt,
+    StateDirOpt,
+    SummaryOpt,
+    TopologyOpt,
+    console,
+    fail,
+    load,
+    setup_logging,
+    stop_on_signals,
+    write_json,
+)
+from streamfed.errors import StreamfedError
+
+log = logging.getLogger("streamfed.cli")
+
+
+def broker(
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: a free one)")] = None,
+    provision: Annotated[str | None, typer.Option(help="also create this topology's topics")] = None,
+) -> None:
+    """Start the embedded Kafka-protocol broker (tansu, in memory) and print its bootstrap address."""
+    from streamfed.broker import EmbeddedBroker
+    from streamfed.kafka import provision_topology
+
+    setup_logging()
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        with EmbeddedBroker(port) as b:
+            if provision:
+                provision_topology(load(provision, b.bootstrap))
+            print(b.bootstrap, flush=True)
+            console.print(f"embedded broker on [bold]{b.bootstrap}[/bold] (memory only); Ctrl-C stops it")
+            while not stop.wait(0.5):
+                if not b.running:
+                    raise typer.Exit(1)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+
+
+def provision(topology: TopologyOpt = "fraud", bootstrap: BootstrapOpt = None) -> None:
+    """Create the topology's topics (idempotent)."""
+    from streamfed.kafka import provision_topology
+
+    setup_logging()
+    try:
+        topo = load(topology, bootstrap)
+        created = provision_topology(topo)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    console.print(f"{len(created)} topics created on {topo.kafka.bootstrap_servers}")
+
+
+def site(
+    site_id: Annotated[str, typer.Option("--site", "-s", help="site id from the topology")],
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    state_dir: StateDirOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    duration: DurationOpt = None,
+    max_records: Annotated[int | None, typer.Option(help="stop after this many records")] = None,
+    summary_json: SummaryOpt = None,
+) -> None:
+    """Run one site: learn on its transaction topic, publish private updates, follow global versions."""
+    from streamfed import metrics
+    from streamfed.kafka import provision_topology
+    from streamfed.site import build_site
+
+    setup_logging()
+    try:
+        topo = load(topology, bootstrap, state_dir)
+        spec = topo.site(site_id) if site_id in {s.id for s in topo.sites} else None
+        if spec is None:
+            raise typer.BadParameter(f'unknown site "{site_id}"; valid: {", ".join(s.id for s in topo.sites)}')
+        metrics.serve(metrics_port if metrics_port is not None else spec.metrics_port)
+        provision_topology(topo)
+        proc = build_site(topo, site_id)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    stop_on_signals(proc.stop_event)
+    report = proc.run(max_records=max_records, timeout_s=duration)
+    write_json(summary_json, report.to_json())
+    log.info("site=%s done: %s", site_id, report.to_json())
+
+
+def aggregator(
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    state_dir: StateDirOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    duration: DurationOpt = None,
+    max_versions: Annotated[int | None, typer.Option(help="stop after this many new versions")] = None,
+    summary_json: SummaryOpt = None,
+) -> None:
+    """Run the aggregator: verify updates, buffer K, commit versions + lineage + offsets in one transaction."""
+    from streamfed import metrics
+    from streamfed.aggregation.build import build_aggregator
+    from streamfed.kafka import provision_topology
+
+    setup_logging()
+    try:
+        topo = load(topology, bootstrap, state_dir)
+        metrics.serve(metrics_port if metrics_port is not None else topo.metrics.aggregator_port)
+        provision_topology(topo)
+        agg = build_aggregator(topo)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    stop_on_signals(agg.stop_event)
+    report = agg.run(max_versions=max_versions, timeout_s=duration)
+    write_json(summary_json, report.to_json())
+    log.info("aggregator done: %s", report.to_json())
+
+
+def simulate(
+    topology: TopologyOpt = "fraud",
+    sites: Annotated[list[str] | None, typer.Option("--site", "-s", help="only these sites (repeatable)")] = None,
+    bootstrap: BootstrapOpt = None,
+    rate_scale: Annotated[float, typer.Option(help="multiply every site's rate")] = 1.0,
+    duration: DurationOpt = None,
+    max_records: Annotated[int | None, typer.Option(help="stop after this many records in all")] = None,
+    metrics_port: MetricsPortOpt = None,
+    summary_json: SummaryOpt = None,
+) -> None:
+    """Produce synthetic card transactions for the topology's simulated sites at their set rates."""
+    from streamfed import metrics
+    from streamfed.kafka import provision_topology
+    from streamfed.sources import RecordProducer, TransactionSimulator
+
+    setup_logging()
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        topo = load(topology, bootstrap)
+        chosen = [s for s in topo.sites if s.simulator is not None and (not sites or s.id in sites)]
+        if not chosen:
+            raise typer.BadParameter("no simulated sites selected; sites with a 'simulator' section: "
+                                     + ", ".join(s.id for s in topo.sites if s.simulator) or "none")
+        if topo.model.record_schema != "card_transaction":
+            raise typer.BadParameter(f"the simulator produces card_transaction records; {topo.name} uses "
+                                     f"{topo.model.record_schema} (use `streamfed replay`)")
+        metrics.serve(metrics_port)
+        provision_topology(topo)
+        out = RecordProducer(topo.kafka, topo.model.record_schema, topo.name, "transaction_id")
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    sims = [(s, TransactionSimulator(s.id, s.simulator), topo.transactions_topic(s)) for s in chosen]  # type: ignore[arg-type]
+    total_rate = sum(s.simulator.rate for s in chosen) * rate_scale  # type: ignore[union-attr]
+    produced = dict.fromkeys((s.id for s in chosen), 0)
+    t0 = time.monotonic()
+    for due, now in _paced(total_rate, stop):
+        if duration is not None and now >= duration:
+            break
+        if max_records is not None:
+            due = min(due, max_records - sum(produced.values()))
+        now_ms = int(time.time() * 1000)
+        for spec, sim, topic in sims:
+            n = round(due * spec.simulator.rate * rate_scale / total_rate)  # type: ignore[union-attr]
+            if n:
+                out.send(topic, spec.id, sim.batch(n, now, now_ms))
+                produced[spec.id] += n
+        if max_records is not None and sum(produced.values()) >= max_records:
+            break
+    out.flush()
+    summary = {"transactions": sum(produced.values()), "per_site": produced, "delivery_errors": out.errors,
+               "seconds": time.monotonic() - t0}
+    write_json(summary_json, summary)
+    log.info("simulate done: %s", summary)
+
+
+def _paced(rate: float, stop: threading.Event):  # type: ignore[no-untyped-def]
+    from streamfed.sources import pace
+
+    yield from pace(rate, stop=stop)
+
+
+def replay(
+    site_id: Annotated[str, typer.Option("--site", "-s", help="site id from the topology")],
+    file: Annotated[Path | None, typer.Argument(help="data file (default: the site's source.path)")] = None,
+    topology: TopologyOpt = "heart",
+    bootstrap: BootstrapOpt = None,
+    rate: Annotated[float | None, typer.Option(help="records/s (default: the source's rate)")] = None,
+    summary_json: SummaryOpt = None,
+) -> None:
+    """Produce a real data file's rows as records, by the topology's column mapping, at a set rate."""
+    from streamfed.kafka import provision_topology
+    from streamfed.sources import RecordProducer, read_source_rows
+    from streamfed.topology.loader import schema_fields
+
+    setup_logging()
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        topo = load(topology, bootstrap)
+        ids = [s.id for s in topo.sites]
+        if site_id not in ids:
+            raise typer.BadParameter(f'unknown site "{site_id}"; valid: {", ".join(ids)}')
+        spec = topo.site(site_id)
+        if spec.source is None:
+            raise typer.BadParameter(f'site "{site_id}" has no source section in {topo.name}')
+        source = spec.source if file is None else spec.source.model_copy(update={"path": file})
+        fields = schema_fields(topo.model.record_schema)
+        id_field = next(iter(fields))
+        rows = read_source_rows(source, site_id, fields, topo.model.label, id_field)
+        provision_topology(topo)
+        out = RecordProducer(topo.kafka, topo.model.record_schema, topo.name, id_field)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    topic = topo.transactions_topic(spec)
+    sent = 0
+    done = False
+    t0 = time.monotonic()
+    try:
+        for due, _now in _paced(rate or source.rate, stop):
+            batch = []
+            for _ in range(due):
+                rec = next(rows, None)
+                if rec is None:
+                    done = True
+                    break
+                rec["event_time"] = int(time.time() * 1000)
+                batch.append(rec)
+            if batch:
+                out.send(topic, site_id, batch)
+                sent += len(batch)
+            if done:
+                break
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    out.flush()
+    summary = {"transactions": sent, "site": site_id, "file": str(source.path), "seconds": time.monotonic() - t0}
+    write_json(summary_json, summary)
+    log.info("replay done: %s", summary)
