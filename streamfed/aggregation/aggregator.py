@@ -239,7 +239,7 @@ class Aggregator:
             return
         self._processed[f"{msg.topic()}:{msg.partition()}"] = msg.offset() + 1
         try:
-            pending = self.verify(msg)
+            pending = self.verify(msg.value(), msg.topic() or "", int(msg.partition() or 0), int(msg.offset() or 0))
         except Rejected as rej:
             self._reject(msg, rej.reason, rej.detail)
             return
@@ -249,10 +249,10 @@ class Aggregator:
         if self.fedbuff.add(pending):
             self._make_version()
 
-    def verify(self, msg: Message) -> PendingUpdate:
-        """Check one update; raises :class:`Rejected` with a reason code."""
+    def verify(self, value: bytes | None, topic: str = "", partition: int = 0, offset: int = 0) -> PendingUpdate:
+        """Check one update; raises :class:`Rejected` with a reason code. Needs no Kafka."""
         try:
-            upd = self.update_codec.decode(msg.value())
+            upd = self.update_codec.decode(value)
         except SerializationError as exc:
             raise Rejected("decode", str(exc)) from exc
         try:
@@ -292,7 +292,7 @@ class Aggregator:
             raise Rejected("metadata", "negative example count or non-finite noise std")
         return PendingUpdate(
             site_id=site, sequence=seq, base_version=base, num_examples=int(upd["num_examples"]), delta=delta,
-            topic=msg.topic() or "", partition=int(msg.partition() or 0), offset=int(msg.offset() or 0),
+            topic=topic, partition=partition, offset=offset,
             created_ms=int(upd["created_ms"]), first_event_ms=int(upd["first_event_ms"]),
             epsilon_spent=float(upd["epsilon_spent"]), noise_std=float(upd["noise_std"]),
             clip_norm=float(upd["clip_norm"]), staleness=staleness,
