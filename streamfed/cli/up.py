@@ -175,6 +175,7 @@ def summarize(children: list[Child], failed: list[str], seconds: float, bootstra
         "updates_published": sum(s["updates_published"] for s in sites.values()),
         "updates_accepted": agg.get("accepted", 0),
         "updates_rejected": agg.get("rejected", 0),
+        "updates_buffered": agg.get("buffered", 0),
         "rejected_reasons": agg.get("rejected_reasons", {}),
         "dead_letters": sum(s["dead_letters"] for s in sites.values()),
         "sites": sites,

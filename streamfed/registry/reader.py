@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def read_topic(
-    kafka: KafkaSpec, topic: str, codec: AvroCodec | None, timeout_s: float = 20.0, idle_s: float = 1.0
+    kafka: KafkaSpec, topic: str, codec: AvroCodec | None, timeout_s: float = 30.0, idle_s: float = 5.0
 ) -> list[tuple[Any, dict[str, Any] | bytes | None]]:
     """Every message of ``topic`` as (message, decoded record or raw value), in partition order.
 
-    Stops when every partition reported its end, or after ``idle_s`` without a message.
+    Stops when every partition has reported its end since its last message; ``idle_s`` without
+    any message or end-of-partition event is only a fallback for brokers that never report one.
     """
     md = admin_client(kafka).list_topics(topic, timeout=10)
     t = md.topics.get(topic)
@@ -43,12 +44,12 @@ def read_topic(
     try:
         while len(done) < len(parts) and time.monotonic() < deadline and time.monotonic() - last < idle_s:
             for msg in consumer.consume(1000, 0.2):
+                last = time.monotonic()
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         done.add(msg.partition())
                     continue
-                last = time.monotonic()
                 done.discard(msg.partition())
                 if codec is None:
                     out.append((msg, msg.value()))
@@ -72,7 +73,7 @@ def dedupe_versions(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def read_latest(kafka: KafkaSpec, topic: str, codec: AvroCodec, key: str) -> dict[str, Any] | None:
     """The latest (highest, last-written) version record for ``key`` on the models topic."""
-    recs = [r for m, r in read_topic(kafka, topic, codec, idle_s=0.5)
+    recs = [r for m, r in read_topic(kafka, topic, codec)
             if isinstance(r, dict) and (m.key() or b"").decode() == key]
     deduped = dedupe_versions(recs)
     return deduped[-1] if deduped else None
