@@ -21,7 +21,9 @@ SITE_DEAD_LETTERS = Counter(
 SITE_LAG = Gauge(
     "streamfed_site_consumer_lag_records", "Consumer lag from librdkafka statistics", ["topology", "site", "partition"]
 )
-SITE_EPSILON = Gauge("streamfed_site_epsilon_spent", "Lifetime epsilon at delta over all releases", ["topology", "site"])
+SITE_EPSILON = Gauge(
+    "streamfed_site_epsilon_spent", "Lifetime epsilon at delta over all releases", ["topology", "site"]
+)
 SITE_EPSILON_RECORD = Gauge(
     "streamfed_site_epsilon_per_record", "Epsilon of one record over the releases it can reach", ["topology", "site"]
 )
@@ -38,31 +40,43 @@ SITE_LOGLOSS = Gauge(
     "streamfed_site_prequential_logloss", "Prequential log loss over a sliding window", ["topology", "site", "model"]
 )
 SITE_UPDATES = Counter("streamfed_site_updates_published_total", "Private updates published", ["topology", "site"])
-SITE_BASE_VERSION = Gauge("streamfed_site_base_version", "Global version the site's model is based on", ["topology", "site"])
+SITE_BASE_VERSION = Gauge(
+    "streamfed_site_base_version", "Global version the site's model is based on", ["topology", "site"]
+)
 SITE_UPDATE_NORM = Histogram(
-    "streamfed_site_update_norm", "L2 norm of the delta before clipping", ["topology", "site"],
+    "streamfed_site_update_norm",
+    "L2 norm of the delta before clipping",
+    ["topology", "site"],
     buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100),
 )
 GPU_STEP = Histogram(
-    "streamfed_gpu_step_seconds", "Wall time of one mini-batch step of the deep learner", ["topology", "site", "device"],
+    "streamfed_gpu_step_seconds",
+    "Wall time of one mini-batch step of the deep learner",
+    ["topology", "site", "device"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
 )
 
 # Aggregator
-AGG_VERSION = Gauge("streamfed_aggregator_model_version", "Latest committed global model version", ["topology", "model"])
+AGG_VERSION = Gauge(
+    "streamfed_aggregator_model_version", "Latest committed global model version", ["topology", "model"]
+)
 AGG_VERSIONS = Counter("streamfed_aggregator_versions_total", "Model versions committed", ["topology", "model"])
 AGG_ACCEPTED = Counter("streamfed_aggregator_updates_accepted_total", "Updates accepted into the buffer", ["topology"])
 AGG_REJECTED = Counter(
     "streamfed_aggregator_updates_rejected_total", "Updates rejected, by reason", ["topology", "reason"]
 )
 AGG_STALENESS = Histogram(
-    "streamfed_aggregator_staleness", "Versions between an update's base and the current version", ["topology"],
+    "streamfed_aggregator_staleness",
+    "Versions between an update's base and the current version",
+    ["topology"],
     buckets=(0, 1, 2, 3, 5, 8, 13, 21, 34),
 )
 AGG_BUFFER = Gauge("streamfed_aggregator_buffer_updates", "Accepted updates waiting for the next version", ["topology"])
 UPDATE_TO_VERSION = Histogram(
-    "streamfed_update_to_version_seconds", "From an update's creation to the commit of the version including it",
-    ["topology"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    "streamfed_update_to_version_seconds",
+    "From an update's creation to the commit of the version including it",
+    ["topology"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 
 # Simulator / replay

@@ -140,11 +140,19 @@ class Aggregator:
                     state = pending
                     log.info("checkpoint: the pending transaction for version %d had committed", pending.version)
                 else:
-                    log.info("checkpoint: the pending transaction for version %d had not committed; resuming at %d",
-                             pending.version, committed.version)
+                    log.info(
+                        "checkpoint: the pending transaction for version %d had not committed; resuming at %d",
+                        pending.version,
+                        committed.version,
+                    )
             if state.cluster_id and state.cluster_id != cluster_id:
-                log.warning("checkpoint is from cluster %s, broker is %s: keeping version %d and sequences, "
-                            "reading updates from the group's offsets", state.cluster_id, cluster_id, state.version)
+                log.warning(
+                    "checkpoint is from cluster %s, broker is %s: keeping version %d and sequences, "
+                    "reading updates from the group's offsets",
+                    state.cluster_id,
+                    cluster_id,
+                    state.version,
+                )
                 state.offsets = {}
             state.cluster_id = cluster_id
         if state.params.shape != self.model.initial_params.shape:
@@ -184,15 +192,20 @@ class Aggregator:
     def _announce(self) -> None:
         """Make sure the models topic holds the current version (a fresh or compacted topic may not)."""
         latest = read_latest(self.kafka, self.topics.models, self.version_codec, key=self.model.name)
-        if latest is not None and latest["version"] == self.state.version and \
-                latest["params_sha256"] == self.state.params_sha256:
+        if (
+            latest is not None
+            and latest["version"] == self.state.version
+            and latest["params_sha256"] == self.state.params_sha256
+        ):
             return
         record = self.local.get_version(self.state.version)
         if record is None or record["params_sha256"] != self.state.params_sha256:
             record = self._version_record(self.state.version, max(0, self.state.version - 1), self.state.params, [])
         assert self._producer is not None
         self._producer.begin_transaction()
-        self._producer.produce(self.topics.models, key=self.model.name.encode(), value=self.version_codec.encode(record))
+        self._producer.produce(
+            self.topics.models, key=self.model.name.encode(), value=self.version_codec.encode(record)
+        )
         self._producer.commit_transaction(60)
         log.info("announced version %d on %s", self.state.version, self.topics.models)
 
@@ -237,7 +250,7 @@ class Aggregator:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("aggregator consumer error: %s", err)
             return
-        self._processed[f"{msg.topic()}:{msg.partition()}"] = msg.offset() + 1
+        self._processed[f"{msg.topic()}:{msg.partition()}"] = int(msg.offset() or 0) + 1
         try:
             pending = self.verify(msg.value(), msg.topic() or "", int(msg.partition() or 0), int(msg.offset() or 0))
         except Rejected as rej:
@@ -259,8 +272,11 @@ class Aggregator:
             self.verifier.verify(upd)
         except SignatureError as exc:
             text = str(exc)
-            reason = "unknown_site" if text.startswith("unknown site") else (
-                "unknown_key" if "not registered" in text else "signature")
+            reason = (
+                "unknown_site"
+                if text.startswith("unknown site")
+                else ("unknown_key" if "not registered" in text else "signature")
+            )
             raise Rejected(reason, text) from exc
         site, seq = upd["site_id"], int(upd["sequence"])
         last = self._last_seq.get(site, 0)
@@ -268,8 +284,11 @@ class Aggregator:
             raise Rejected("replay", f"{site}#{seq} is not after the last sequence seen, {last}")
         self._last_seq[site] = seq
         if upd["model"] != self.model.name or upd["topology"] != self.model.topology:
-            raise Rejected("wrong_model", f"update for {upd['topology']}/{upd['model']}, "
-                                          f"this aggregator serves {self.model.topology}/{self.model.name}")
+            raise Rejected(
+                "wrong_model",
+                f"update for {upd['topology']}/{upd['model']}, "
+                f"this aggregator serves {self.model.topology}/{self.model.name}",
+            )
         n = self.model.initial_params.size
         try:
             delta = params_from_bytes(upd["params"], n)
@@ -291,11 +310,20 @@ class Aggregator:
         if int(upd["num_examples"]) < 0 or not math.isfinite(float(upd["noise_std"])):
             raise Rejected("metadata", "negative example count or non-finite noise std")
         return PendingUpdate(
-            site_id=site, sequence=seq, base_version=base, num_examples=int(upd["num_examples"]), delta=delta,
-            topic=topic, partition=partition, offset=offset,
-            created_ms=int(upd["created_ms"]), first_event_ms=int(upd["first_event_ms"]),
-            epsilon_spent=float(upd["epsilon_spent"]), noise_std=float(upd["noise_std"]),
-            clip_norm=float(upd["clip_norm"]), staleness=staleness,
+            site_id=site,
+            sequence=seq,
+            base_version=base,
+            num_examples=int(upd["num_examples"]),
+            delta=delta,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            created_ms=int(upd["created_ms"]),
+            first_event_ms=int(upd["first_event_ms"]),
+            epsilon_spent=float(upd["epsilon_spent"]),
+            noise_std=float(upd["noise_std"]),
+            clip_norm=float(upd["clip_norm"]),
+            staleness=staleness,
         )
 
     def _ensure_txn(self) -> None:
@@ -314,35 +342,69 @@ class Aggregator:
         M.AGG_REJECTED.labels(**self._labels, reason=reason).inc()
 
     # -- versions -------------------------------------------------------------------------------
-    def _version_record(self, version: int, parent: int, params: np.ndarray, used: list[PendingUpdate]) -> dict[str, Any]:
+    def _version_record(
+        self, version: int, parent: int, params: np.ndarray, used: list[PendingUpdate]
+    ) -> dict[str, Any]:
         blob = params_to_bytes(params)
         return {
-            "model": self.model.name, "topology": self.model.topology, "version": version, "parent_version": parent,
-            "created_ms": int(time.time() * 1000), "dtype": "float32", "params": blob, "params_sha256": sha256_hex(blob),
+            "model": self.model.name,
+            "topology": self.model.topology,
+            "version": version,
+            "parent_version": parent,
+            "created_ms": int(time.time() * 1000),
+            "dtype": "float32",
+            "params": blob,
+            "params_sha256": sha256_hex(blob),
             "layout": [{"name": s.name, "shape": list(s.shape)} for s in self.model.layout],
-            "feature_order": list(self.model.feature_order), "schema_fingerprint": self.model.schema_fingerprint,
+            "feature_order": list(self.model.feature_order),
+            "schema_fingerprint": self.model.schema_fingerprint,
             "contributions": [
-                {"site_id": u.site_id, "sequence": u.sequence, "base_version": u.base_version,
-                 "num_examples": u.num_examples, "staleness": u.staleness, "weight": u.weight,
-                 "epsilon_spent": u.epsilon_spent, "noise_std": u.noise_std, "clip_norm": u.clip_norm}
+                {
+                    "site_id": u.site_id,
+                    "sequence": u.sequence,
+                    "base_version": u.base_version,
+                    "num_examples": u.num_examples,
+                    "staleness": u.staleness,
+                    "weight": u.weight,
+                    "epsilon_spent": u.epsilon_spent,
+                    "noise_std": u.noise_std,
+                    "clip_norm": u.clip_norm,
+                }
                 for u in used
             ],
-            "rule": self.fedbuff.rule.name, "server_learning_rate": self.spec.server_learning_rate,
-            "delta": self.model.delta, "quality": {}, "producer_id": self.transactional_id, "run_id": self.run_id,
+            "rule": self.fedbuff.rule.name,
+            "server_learning_rate": self.spec.server_learning_rate,
+            "delta": self.model.delta,
+            "quality": {},
+            "producer_id": self.transactional_id,
+            "run_id": self.run_id,
         }
 
     def _lineage_record(self, record: dict[str, Any], used: list[PendingUpdate]) -> dict[str, Any]:
         return {
-            "model": record["model"], "version": record["version"], "parent_version": record["parent_version"],
-            "created_ms": record["created_ms"], "params_sha256": record["params_sha256"],
+            "model": record["model"],
+            "version": record["version"],
+            "parent_version": record["parent_version"],
+            "created_ms": record["created_ms"],
+            "params_sha256": record["params_sha256"],
             "updates": [
-                {"site_id": u.site_id, "sequence": u.sequence, "base_version": u.base_version,
-                 "num_examples": u.num_examples, "staleness": u.staleness, "weight": u.weight, "topic": u.topic,
-                 "partition": u.partition, "offset": u.offset, "published_ms": u.created_ms,
-                 "first_event_ms": u.first_event_ms}
+                {
+                    "site_id": u.site_id,
+                    "sequence": u.sequence,
+                    "base_version": u.base_version,
+                    "num_examples": u.num_examples,
+                    "staleness": u.staleness,
+                    "weight": u.weight,
+                    "topic": u.topic,
+                    "partition": u.partition,
+                    "offset": u.offset,
+                    "published_ms": u.created_ms,
+                    "first_event_ms": u.first_event_ms,
+                }
                 for u in used
             ],
-            "producer_id": record["producer_id"], "run_id": record["run_id"],
+            "producer_id": record["producer_id"],
+            "run_id": record["run_id"],
         }
 
     def _working_state(self, version: int, params: np.ndarray) -> AggregatorState:
@@ -367,13 +429,20 @@ class Aggregator:
             self.report.version = version
             M.AGG_VERSIONS.labels(**self._labels, model=self.model.name).inc()
             M.AGG_VERSION.labels(**self._labels, model=self.model.name).set(version)
-            log.info("version %d from %d updates (%s)", version, len(used),
-                     ", ".join(f"{u.site_id}#{u.sequence}" for u in used))
+            log.info(
+                "version %d from %d updates (%s)",
+                version,
+                len(used),
+                ", ".join(f"{u.site_id}#{u.sequence}" for u in used),
+            )
 
     def _maybe_flush(self) -> None:
         """Commit rejections and offsets now and then when no version is pending."""
-        if self._txn_open and not self.fedbuff.buffer and \
-                time.monotonic() - self._txn_started >= self.spec.commit_interval_seconds:
+        if (
+            self._txn_open
+            and not self.fedbuff.buffer
+            and time.monotonic() - self._txn_started >= self.spec.commit_interval_seconds
+        ):
             self._commit(self._working_state(self.state.version, self.state.params))
 
     def _commit(self, new: AggregatorState) -> bool:

@@ -35,8 +35,9 @@ class AggregatorState:
         return sha256_hex(params_to_bytes(self.params))
 
     def copy(self) -> AggregatorState:
-        return AggregatorState(self.version, self.params.copy(), dict(self.last_sequence), dict(self.offsets),
-                               self.cluster_id)
+        return AggregatorState(
+            self.version, self.params.copy(), dict(self.last_sequence), dict(self.offsets), self.cluster_id
+        )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -92,9 +93,11 @@ class Checkpoint:
 
     def write(self, committed: AggregatorState, pending: AggregatorState | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        doc = {"committed": self._meta(committed), "pending": self._meta(pending) if pending else None}
+        committed_meta = self._meta(committed)
+        pending_meta = self._meta(pending) if pending else None
+        doc = {"committed": committed_meta, "pending": pending_meta}
         _atomic_write(self.file, json.dumps(doc, indent=1).encode())
-        keep = {doc["committed"]["params_file"]} | ({doc["pending"]["params_file"]} if pending else set())
+        keep = {committed_meta["params_file"]} | ({pending_meta["params_file"]} if pending_meta else set())
         for old in self.folder.glob("params-*.npy"):
             if old.name not in keep:
                 old.unlink(missing_ok=True)

@@ -62,7 +62,9 @@ class FedBuff:
         self.buffer.append(upd)
         return len(self.buffer) >= self.spec.buffer_size
 
-    def aggregate(self, params: npt.NDArray[np.float32], version: int) -> tuple[npt.NDArray[np.float32], list[PendingUpdate]]:
+    def aggregate(
+        self, params: npt.NDArray[np.float32], version: int
+    ) -> tuple[npt.NDArray[np.float32], list[PendingUpdate]]:
         """New parameters from the buffer (which is emptied); returns them and the updates used."""
         used, self.buffer = self.buffer, []
         for u in used:
@@ -71,5 +73,5 @@ class FedBuff:
         deltas = np.stack([u.delta for u in used]).astype(np.float32)
         weights = np.array([u.weight for u in used], dtype=np.float64)
         combined = self.rule(deltas, weights)
-        new = (params.astype(np.float64) + self.spec.server_learning_rate * combined.astype(np.float64))
+        new = params.astype(np.float64) + self.spec.server_learning_rate * combined.astype(np.float64)
         return new.astype(np.float32), used

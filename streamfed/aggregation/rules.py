@@ -68,7 +68,7 @@ class TrimmedMean:
         n = len(deltas)
         k = int(np.floor(self.trim * n))
         s = np.sort(deltas.astype(np.float64), axis=0)
-        return s[k: n - k].mean(axis=0).astype(np.float32)
+        return s[k : n - k].mean(axis=0).astype(np.float32)
 
 
 class NormBound:

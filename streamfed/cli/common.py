@@ -32,8 +32,11 @@ DurationOpt = Annotated[float | None, typer.Option("--duration", help="stop afte
 
 
 def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("STREAMFED_LOG_LEVEL", "INFO").upper(),
-                                                  logging.INFO)
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, os.environ.get("STREAMFED_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    )
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 

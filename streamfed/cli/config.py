@@ -33,10 +33,12 @@ def validate(file: Annotated[str, typer.Argument(help="topology YAML file or nam
     out.print(
         f"# privacy: noise multiplier sigma = {sigma:.4f} (noise std {sigma * topo.privacy.clip_norm:.4f}), "
         f"k = {k} releases per record, per-record epsilon = "
-        f"{epsilon_for(sigma, k, topo.privacy.delta):.3f} at delta = {topo.privacy.delta:g}", highlight=False
+        f"{epsilon_for(sigma, k, topo.privacy.delta):.3f} at delta = {topo.privacy.delta:g}",
+        highlight=False,
     )
-    out.print(f"# features ({len(topo.model.features.names())}): {', '.join(topo.model.features.names())}",
-              highlight=False)
+    out.print(
+        f"# features ({len(topo.model.features.names())}): {', '.join(topo.model.features.names())}", highlight=False
+    )
 
 
 @keys_app.command("generate")

@@ -28,8 +28,11 @@ def _versions(topology: str, bootstrap: str | None, state_dir: Path | None, from
     if from_cache:
         reg = LocalRegistry(topo.home / "aggregator" / "registry")
         return [v for n in reg.list_versions() if (v := reg.get_version(n)) is not None]
-    recs = [r for _, r in read_topic(topo.kafka, topo.models_topic, AvroCodec("model_version"))
-            if isinstance(r, dict) and r["model"] == topo.model.name]
+    recs = [
+        r
+        for _, r in read_topic(topo.kafka, topo.models_topic, AvroCodec("model_version"))
+        if isinstance(r, dict) and r["model"] == topo.model.name
+    ]
     return dedupe_versions(recs)
 
 
@@ -48,24 +51,39 @@ def _dp(v: dict[str, Any]) -> dict[str, Any]:
     by_site: dict[str, float] = {}
     for c in v["contributions"]:
         by_site[c["site_id"]] = max(by_site.get(c["site_id"], 0.0), c["epsilon_spent"])
-    return {"delta": v["delta"], "site_epsilon_spent": by_site,
-            "noise_std": sorted({c["noise_std"] for c in v["contributions"]}),
-            "clip_norm": sorted({c["clip_norm"] for c in v["contributions"]})}
+    return {
+        "delta": v["delta"],
+        "site_epsilon_spent": by_site,
+        "noise_std": sorted({c["noise_std"] for c in v["contributions"]}),
+        "clip_norm": sorted({c["clip_norm"] for c in v["contributions"]}),
+    }
 
 
 @models_app.command("list")
-def list_(topology: TopologyOpt = "fraud", bootstrap: BootstrapOpt = None, state_dir: StateDirOpt = None,
-          from_cache: CacheOpt = False,
-          as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+def list_(
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    state_dir: StateDirOpt = None,
+    from_cache: CacheOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
     """One line per version: parent, time, contributing updates, sites, max epsilon."""
     try:
         versions = _versions(topology, bootstrap, state_dir, from_cache)
     except StreamfedError as exc:
         raise fail(exc) from exc
-    rows = [{"version": v["version"], "parent": v["parent_version"], "created_ms": v["created_ms"],
-             "updates": len(v["contributions"]), "sites": sorted({c["site_id"] for c in v["contributions"]}),
-             "max_epsilon": max((c["epsilon_spent"] for c in v["contributions"]), default=0.0),
-             "params_sha256": v["params_sha256"][:12]} for v in versions]
+    rows = [
+        {
+            "version": v["version"],
+            "parent": v["parent_version"],
+            "created_ms": v["created_ms"],
+            "updates": len(v["contributions"]),
+            "sites": sorted({c["site_id"] for c in v["contributions"]}),
+            "max_epsilon": max((c["epsilon_spent"] for c in v["contributions"]), default=0.0),
+            "params_sha256": v["params_sha256"][:12],
+        }
+        for v in versions
+    ]
     if as_json:
         print(json.dumps(rows, indent=1))
         return
@@ -73,15 +91,26 @@ def list_(topology: TopologyOpt = "fraud", bootstrap: BootstrapOpt = None, state
     for col in ("version", "parent", "created", "updates", "sites", "max ε", "sha256"):
         t.add_column(col)
     for r in rows:
-        t.add_row(str(r["version"]), str(r["parent"]), time.strftime("%H:%M:%S", time.localtime(r["created_ms"] / 1000)),
-                  str(r["updates"]), ",".join(r["sites"]), f"{r['max_epsilon']:.2f}", r["params_sha256"])
+        t.add_row(
+            str(r["version"]),
+            str(r["parent"]),
+            time.strftime("%H:%M:%S", time.localtime(r["created_ms"] / 1000)),
+            str(r["updates"]),
+            ",".join(r["sites"]),
+            f"{r['max_epsilon']:.2f}",
+            r["params_sha256"],
+        )
     out.print(t)
 
 
 @models_app.command("show")
-def show(version: Annotated[int | None, typer.Argument(help="version (default: latest)")] = None,
-         topology: TopologyOpt = "fraud", bootstrap: BootstrapOpt = None, state_dir: StateDirOpt = None,
-         from_cache: CacheOpt = False) -> None:
+def show(
+    version: Annotated[int | None, typer.Argument(help="version (default: latest)")] = None,
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    state_dir: StateDirOpt = None,
+    from_cache: CacheOpt = False,
+) -> None:
     """A version's metadata, lineage (every contributing update) and DP summary, as JSON."""
     try:
         v = _pick(_versions(topology, bootstrap, state_dir, from_cache), version)
@@ -94,10 +123,14 @@ def show(version: Annotated[int | None, typer.Argument(help="version (default: l
 
 
 @models_app.command("export")
-def export(path: Annotated[Path, typer.Argument(help="output .npz file")],
-           version: Annotated[int | None, typer.Option(help="version (default: latest)")] = None,
-           topology: TopologyOpt = "fraud", bootstrap: BootstrapOpt = None, state_dir: StateDirOpt = None,
-           from_cache: CacheOpt = False) -> None:
+def export(
+    path: Annotated[Path, typer.Argument(help="output .npz file")],
+    version: Annotated[int | None, typer.Option(help="version (default: latest)")] = None,
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    state_dir: StateDirOpt = None,
+    from_cache: CacheOpt = False,
+) -> None:
     """Write a version's parameters as .npz: one array per segment, plus metadata (load with
     ``streamfed.registry.export.load_exported``)."""
     from streamfed.registry.export import export_npz

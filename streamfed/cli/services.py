@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -148,18 +149,27 @@ def simulate(
         topo = load(topology, bootstrap)
         chosen = [s for s in topo.sites if s.simulator is not None and (not sites or s.id in sites)]
         if not chosen:
-            raise typer.BadParameter("no simulated sites selected; sites with a 'simulator' section: "
-                                     + ", ".join(s.id for s in topo.sites if s.simulator) or "none")
+            raise typer.BadParameter(
+                "no simulated sites selected; sites with a 'simulator' section: "
+                + ", ".join(s.id for s in topo.sites if s.simulator)
+                or "none"
+            )
         if topo.model.record_schema != "card_transaction":
-            raise typer.BadParameter(f"the simulator produces card_transaction records; {topo.name} uses "
-                                     f"{topo.model.record_schema} (use `streamfed replay`)")
+            raise typer.BadParameter(
+                f"the simulator produces card_transaction records; {topo.name} uses "
+                f"{topo.model.record_schema} (use `streamfed replay`)"
+            )
         metrics.serve(metrics_port)
         provision_topology(topo)
         out = RecordProducer(topo.kafka, topo.model.record_schema, topo.name, "transaction_id")
     except StreamfedError as exc:
         raise fail(exc) from exc
-    sims = [(s, TransactionSimulator(s.id, s.simulator), topo.transactions_topic(s)) for s in chosen]  # type: ignore[arg-type]
-    total_rate = sum(s.simulator.rate for s in chosen) * rate_scale  # type: ignore[union-attr]
+    sims = [
+        (s.id, s.simulator.rate * rate_scale, TransactionSimulator(s.id, s.simulator), topo.transactions_topic(s))
+        for s in chosen
+        if s.simulator is not None
+    ]
+    total_rate = sum(rate for _, rate, _, _ in sims)
     produced = dict.fromkeys((s.id for s in chosen), 0)
     t0 = time.monotonic()
     for due, now in _paced(total_rate, stop):
@@ -168,21 +178,25 @@ def simulate(
         if max_records is not None:
             due = min(due, max_records - sum(produced.values()))
         now_ms = int(time.time() * 1000)
-        for spec, sim, topic in sims:
-            n = round(due * spec.simulator.rate * rate_scale / total_rate)  # type: ignore[union-attr]
+        for sid, rate, sim, topic in sims:
+            n = round(due * rate / total_rate)
             if n:
-                out.send(topic, spec.id, sim.batch(n, now, now_ms))
-                produced[spec.id] += n
+                out.send(topic, sid, sim.batch(n, now, now_ms))
+                produced[sid] += n
         if max_records is not None and sum(produced.values()) >= max_records:
             break
     out.flush()
-    summary = {"transactions": sum(produced.values()), "per_site": produced, "delivery_errors": out.errors,
-               "seconds": time.monotonic() - t0}
+    summary = {
+        "transactions": sum(produced.values()),
+        "per_site": produced,
+        "delivery_errors": out.errors,
+        "seconds": time.monotonic() - t0,
+    }
     write_json(summary_json, summary)
     log.info("simulate done: %s", summary)
 
 
-def _paced(rate: float, stop: threading.Event):  # type: ignore[no-untyped-def]
+def _paced(rate: float, stop: threading.Event) -> Iterator[tuple[int, float]]:
     from streamfed.sources import pace
 
     yield from pace(rate, stop=stop)

@@ -76,8 +76,13 @@ class Child:
         samples: dict[str, float] = {}
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
-                key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())
-                                               if k not in ("topology", "site")) + "}" if s.labels else "")
+                key = s.name + (
+                    "{"
+                    + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k not in ("topology", "site"))
+                    + "}"
+                    if s.labels
+                    else ""
+                )
                 samples[key] = samples.get(key, 0.0) + s.value
         self.samples = samples
         return samples
@@ -94,27 +99,87 @@ def _plan(topo_arg: str, bootstrap: str, state_dir: Path, run_dir: Path, duratio
     common = ["--topology", topo_arg, "--bootstrap", bootstrap]
     children = []
     port = free_port()
-    children.append(Child("aggregator", "aggregator",
-                          [*_cli(), "aggregator", *common, "--state-dir", str(state_dir), "--metrics-port", str(port),
-                           "--summary-json", str(run_dir / "aggregator.json")],
-                          run_dir / "logs" / "aggregator.log", run_dir / "aggregator.json", port))
+    children.append(
+        Child(
+            "aggregator",
+            "aggregator",
+            [
+                *_cli(),
+                "aggregator",
+                *common,
+                "--state-dir",
+                str(state_dir),
+                "--metrics-port",
+                str(port),
+                "--summary-json",
+                str(run_dir / "aggregator.json"),
+            ],
+            run_dir / "logs" / "aggregator.log",
+            run_dir / "aggregator.json",
+            port,
+        )
+    )
     for s in topo.sites:
         port = free_port()
-        children.append(Child(s.id, "site",
-                              [*_cli(), "site", *common, "--site", s.id, "--state-dir", str(state_dir),
-                               "--metrics-port", str(port), "--summary-json", str(run_dir / f"site-{s.id}.json")],
-                              run_dir / "logs" / f"site-{s.id}.log", run_dir / f"site-{s.id}.json", port))
+        children.append(
+            Child(
+                s.id,
+                "site",
+                [
+                    *_cli(),
+                    "site",
+                    *common,
+                    "--site",
+                    s.id,
+                    "--state-dir",
+                    str(state_dir),
+                    "--metrics-port",
+                    str(port),
+                    "--summary-json",
+                    str(run_dir / f"site-{s.id}.json"),
+                ],
+                run_dir / "logs" / f"site-{s.id}.log",
+                run_dir / f"site-{s.id}.json",
+                port,
+            )
+        )
     if any(s.simulator for s in topo.sites):
-        children.append(Child("simulator", "source",
-                              [*_cli(), "simulate", *common, "--duration", str(duration),
-                               "--summary-json", str(run_dir / "simulator.json")],
-                              run_dir / "logs" / "simulator.log", run_dir / "simulator.json"))
+        children.append(
+            Child(
+                "simulator",
+                "source",
+                [
+                    *_cli(),
+                    "simulate",
+                    *common,
+                    "--duration",
+                    str(duration),
+                    "--summary-json",
+                    str(run_dir / "simulator.json"),
+                ],
+                run_dir / "logs" / "simulator.log",
+                run_dir / "simulator.json",
+            )
+        )
     for s in topo.sites:
         if s.source is not None and s.simulator is None:
-            children.append(Child(f"replay-{s.id}", "source",
-                                  [*_cli(), "replay", *common, "--site", s.id,
-                                   "--summary-json", str(run_dir / f"replay-{s.id}.json")],
-                                  run_dir / "logs" / f"replay-{s.id}.log", run_dir / f"replay-{s.id}.json"))
+            children.append(
+                Child(
+                    f"replay-{s.id}",
+                    "source",
+                    [
+                        *_cli(),
+                        "replay",
+                        *common,
+                        "--site",
+                        s.id,
+                        "--summary-json",
+                        str(run_dir / f"replay-{s.id}.json"),
+                    ],
+                    run_dir / "logs" / f"replay-{s.id}.log",
+                    run_dir / f"replay-{s.id}.json",
+                )
+            )
     return children
 
 
@@ -132,17 +197,26 @@ def _table(children: list[Child], elapsed: float, rates: dict[str, float]) -> Ta
             return fmt.format(s[key]) if key in s else "-"
 
         dead = sum(v for k, v in s.items() if k.startswith("streamfed_site_dead_letters_total"))
-        t.add_row(c.name + ("" if c.alive else " (stopped)"), g("streamfed_site_records_total"),
-                  f"{rates.get(c.name, 0.0):.0f}", f"{dead:.0f}", g("streamfed_site_updates_published_total"),
-                  g("streamfed_site_epsilon_spent", "{:.2f}"), g("streamfed_site_prequential_auc{model=local}", "{:.3f}"),
-                  g("streamfed_site_prequential_auc{model=global}", "{:.3f}"), g("streamfed_site_base_version"))
+        t.add_row(
+            c.name + ("" if c.alive else " (stopped)"),
+            g("streamfed_site_records_total"),
+            f"{rates.get(c.name, 0.0):.0f}",
+            f"{dead:.0f}",
+            g("streamfed_site_updates_published_total"),
+            g("streamfed_site_epsilon_spent", "{:.2f}"),
+            g("streamfed_site_prequential_auc{model=local}", "{:.3f}"),
+            g("streamfed_site_prequential_auc{model=global}", "{:.3f}"),
+            g("streamfed_site_base_version"),
+        )
     if agg is not None:
         a = agg.samples
         rej = sum(v for k, v in a.items() if k.startswith("streamfed_aggregator_updates_rejected_total"))
         version = max([v for k, v in a.items() if k.startswith("streamfed_aggregator_model_version")] or [0])
-        t.caption = (f"aggregator: version {version:.0f}, "
-                     f"accepted {a.get('streamfed_aggregator_updates_accepted_total', 0):.0f}, rejected {rej:.0f}, "
-                     f"buffer {a.get('streamfed_aggregator_buffer_updates', 0):.0f}")
+        t.caption = (
+            f"aggregator: version {version:.0f}, "
+            f"accepted {a.get('streamfed_aggregator_updates_accepted_total', 0):.0f}, rejected {rej:.0f}, "
+            f"buffer {a.get('streamfed_aggregator_buffer_updates', 0):.0f}"
+        )
     return t
 
 
@@ -153,17 +227,25 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def summarize(children: list[Child], failed: list[str], seconds: float, bootstrap: str, run_dir: Path) -> dict[str, Any]:
+def summarize(
+    children: list[Child], failed: list[str], seconds: float, bootstrap: str, run_dir: Path
+) -> dict[str, Any]:
     agg = _read(run_dir / "aggregator.json") or {}
     sites: dict[str, Any] = {}
     for c in children:
         if c.kind == "site":
             r = _read(c.summary) or {}
-            sites[c.name] = {"records": r.get("records", 0), "epsilon": r.get("epsilon", 0.0),
-                             "epsilon_per_record": r.get("epsilon_per_record", 0.0), "auc": r.get("auc"),
-                             "global_auc": r.get("global_auc"), "updates_published": r.get("updates_published", 0),
-                             "dead_letters": r.get("dead_letters", 0), "base_version": r.get("base_version", 0),
-                             "budget_exhausted": r.get("budget_exhausted", False)}
+            sites[c.name] = {
+                "records": r.get("records", 0),
+                "epsilon": r.get("epsilon", 0.0),
+                "epsilon_per_record": r.get("epsilon_per_record", 0.0),
+                "auc": r.get("auc"),
+                "global_auc": r.get("global_auc"),
+                "updates_published": r.get("updates_published", 0),
+                "dead_letters": r.get("dead_letters", 0),
+                "base_version": r.get("base_version", 0),
+                "budget_exhausted": r.get("budget_exhausted", False),
+            }
     transactions = sum((_read(c.summary) or {}).get("transactions", 0) for c in children if c.kind == "source")
     g_aucs = [s["global_auc"] for s in sites.values() if s["global_auc"] is not None]
     return {
@@ -187,7 +269,9 @@ def summarize(children: list[Child], failed: list[str], seconds: float, bootstra
 def up(
     topology: Annotated[str, typer.Argument(help="topology name (in topologies/) or YAML path")] = "fraud",
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: Ctrl-C)")] = None,
-    bootstrap: Annotated[str | None, typer.Option(help="use this Kafka instead of starting the embedded broker")] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="use this Kafka instead of starting the embedded broker")
+    ] = None,
     summary_json: Annotated[Path | None, typer.Option(help="write the run's JSON summary here")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="checkpoints/ledgers/keys (default: a new run folder)")] = None,
     live: Annotated[bool, typer.Option(help="show the live progress table")] = True,
@@ -229,8 +313,11 @@ def up(
     last: dict[str, tuple[float, float]] = {}
     rates: dict[str, float] = {}
     try:
-        with Live(_table(children, 0, rates), console=out, refresh_per_second=2, transient=False) if live \
-                else _NullLive() as view:
+        with (
+            Live(_table(children, 0, rates), console=out, refresh_per_second=2, transient=False)
+            if live
+            else _NullLive() as view
+        ):
             while not stop["flag"]:
                 elapsed = time.monotonic() - t0
                 if duration is not None and elapsed >= duration:
@@ -238,8 +325,9 @@ def up(
                 for c in children:
                     if c.kind != "source" and not c.alive and c.name not in failed:
                         failed.append(c.name)
-                        console.print(f"[red]{c.name} exited with code {c.proc.returncode if c.proc else '?'}; "
-                                      f"see {c.log}[/red]")
+                        console.print(
+                            f"[red]{c.name} exited with code {c.proc.returncode if c.proc else '?'}; see {c.log}[/red]"
+                        )
                     s = c.scrape()
                     if c.kind == "site" and "streamfed_site_records_total" in s:
                         now, n = time.monotonic(), s["streamfed_site_records_total"]

@@ -14,7 +14,12 @@ log = logging.getLogger(__name__)
 
 class DeadLetterSink:
     def __init__(
-        self, producer: Producer, topic: str, component: str, site_id: str | None, registry: SchemaRegistry | None = None
+        self,
+        producer: Producer,
+        topic: str,
+        component: str,
+        site_id: str | None,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.producer = producer
         self.topic = topic
@@ -24,13 +29,30 @@ class DeadLetterSink:
 
     def record(self, msg: Message, reason: str, detail: str) -> dict[str, object]:
         return {
-            "component": self.component, "site_id": self.site_id, "source_topic": msg.topic() or "",
-            "partition": int(msg.partition() or 0), "offset": int(msg.offset() or 0), "key": msg.key(),
-            "value": msg.value(), "reason": reason, "detail": detail[:2000], "created_ms": int(time.time() * 1000),
+            "component": self.component,
+            "site_id": self.site_id,
+            "source_topic": msg.topic() or "",
+            "partition": int(msg.partition() or 0),
+            "offset": int(msg.offset() or 0),
+            "key": msg.key(),
+            "value": msg.value(),
+            "reason": reason,
+            "detail": detail[:2000],
+            "created_ms": int(time.time() * 1000),
         }
 
     def send(self, msg: Message, reason: str, detail: str) -> None:
-        log.info("%s dead letter %s[%s]@%s: %s: %s", self.component, msg.topic(), msg.partition(), msg.offset(),
-                 reason, detail)
-        self.producer.produce(self.topic, key=(self.site_id or self.component).encode(),
-                              value=self.codec.encode(self.record(msg, reason, detail)))
+        log.info(
+            "%s dead letter %s[%s]@%s: %s: %s",
+            self.component,
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            reason,
+            detail,
+        )
+        self.producer.produce(
+            self.topic,
+            key=(self.site_id or self.component).encode(),
+            value=self.codec.encode(self.record(msg, reason, detail)),
+        )

@@ -45,7 +45,7 @@ class SiteModel:
             raise ValueError(f"expected {self.num_params} parameters, got {params.shape}")
         self.online.set_params(params[: self._n_online])
         if self.deep is not None:
-            self.deep.set_params(params[self._n_online:])
+            self.deep.set_params(params[self._n_online :])
 
     def predict_proba_many(self, X: Matrix) -> Vector:
         p = self.online.predict_proba_many(X)

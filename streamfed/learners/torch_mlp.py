@@ -50,7 +50,7 @@ class ReplayBuffer:
     def add(self, X: Matrix, y: Vector, window: int) -> None:
         n = len(X)
         if n >= self.capacity:
-            X, y, n = X[-self.capacity:], y[-self.capacity:], self.capacity
+            X, y, n = X[-self.capacity :], y[-self.capacity :], self.capacity
         idx = (self._next + np.arange(n)) % self.capacity
         self.X[idx] = X
         self.y[idx] = y

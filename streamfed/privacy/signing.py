@@ -15,8 +15,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from streamfed.errors import ConfigError, SignatureError
 
 SIGNED_FIELDS = (
-    "topology", "model", "site_id", "sequence", "base_version", "created_ms", "num_examples", "num_params",
-    "clip_norm", "noise_std", "epsilon_spent", "delta", "first_event_ms", "key_id",
+    "topology",
+    "model",
+    "site_id",
+    "sequence",
+    "base_version",
+    "created_ms",
+    "num_examples",
+    "num_params",
+    "clip_norm",
+    "noise_std",
+    "epsilon_spent",
+    "delta",
+    "first_event_ms",
+    "key_id",
 )
 DOMAIN = b"streamfed.update.v1\n"
 
@@ -38,10 +50,12 @@ def key_id(pub: Ed25519PublicKey) -> str:
 def generate_keypair() -> tuple[bytes, bytes]:
     """(private PEM, public PEM) of a new Ed25519 key."""
     priv = Ed25519PrivateKey.generate()
-    priv_pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
-    pub_pem = priv.public_key().public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    priv_pem = priv.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub_pem = priv.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return priv_pem, pub_pem
 
 
@@ -109,4 +123,4 @@ class UpdateVerifier:
         try:
             key.verify(update["signature"], canonical_message(update))
         except InvalidSignature as exc:
-            raise SignatureError(f'bad signature on update {site}#{update["sequence"]}') from exc
+            raise SignatureError(f"bad signature on update {site}#{update['sequence']}") from exc

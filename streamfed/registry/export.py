@@ -18,14 +18,14 @@ def export_npz(version: dict[str, Any], path: Path) -> None:
     pos = 0
     for seg in version["layout"]:
         size = int(np.prod(seg["shape"])) if seg["shape"] else 1
-        arrays[seg["name"]] = flat[pos: pos + size].reshape(seg["shape"])
+        arrays[seg["name"]] = flat[pos : pos + size].reshape(seg["shape"])
         pos += size
     meta = {k: v for k, v in version.items() if k != "params"}
     arrays["__params__"] = flat
     arrays["__meta__"] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 def load_exported(path: Path) -> tuple[np.ndarray, dict[str, Any]]:

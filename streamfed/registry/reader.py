@@ -48,7 +48,7 @@ def read_topic(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        done.add(msg.partition())
+                        done.add(int(msg.partition() or 0))
                     continue
                 done.discard(msg.partition())
                 if codec is None:
@@ -73,7 +73,6 @@ def dedupe_versions(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def read_latest(kafka: KafkaSpec, topic: str, codec: AvroCodec, key: str) -> dict[str, Any] | None:
     """The latest (highest, last-written) version record for ``key`` on the models topic."""
-    recs = [r for m, r in read_topic(kafka, topic, codec)
-            if isinstance(r, dict) and (m.key() or b"").decode() == key]
+    recs = [r for m, r in read_topic(kafka, topic, codec) if isinstance(r, dict) and (m.key() or b"").decode() == key]
     deduped = dedupe_versions(recs)
     return deduped[-1] if deduped else None

@@ -94,7 +94,9 @@ class AvroCodec:
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
         if data is None or len(data) < HEADER.size:
-            raise SerializationError(f"message of {0 if data is None else len(data)} bytes is too short for the wire format")
+            raise SerializationError(
+                f"message of {0 if data is None else len(data)} bytes is too short for the wire format"
+            )
         magic, schema_id = HEADER.unpack_from(data)
         if magic != MAGIC:
             raise SerializationError(f"unknown magic byte {magic} (expected {MAGIC}, Confluent wire format)")
@@ -103,7 +105,9 @@ class AvroCodec:
         else:
             writer = self.registry.by_id(schema_id)
             if writer is None:
-                raise SerializationError(f"unknown schema id {schema_id} (this reader expects {self.name}, id {self.schema_id})")
+                raise SerializationError(
+                    f"unknown schema id {schema_id} (this reader expects {self.name}, id {self.schema_id})"
+                )
         buf = io.BytesIO(data)
         buf.seek(HEADER.size)
         try:

@@ -22,6 +22,7 @@ from river import metrics as rmetrics
 from streamfed import metrics as M
 from streamfed.errors import PrivacyBudgetExceeded, SerializationError
 from streamfed.kafka.clients import make_consumer, make_producer
+from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.learners.model import SiteModel, initial_params
 from streamfed.learners.torch_mlp import ReplayBuffer
 from streamfed.privacy.accountant import PrivacyLedger, epsilon_for
@@ -29,7 +30,6 @@ from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, csprng
 from streamfed.privacy.signing import SiteSigner
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.tensors import params_from_bytes, params_to_bytes, sha256_hex
-from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.topology.spec import KafkaSpec, ModelSpec, PrivacySpec, UpdateSpec
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,8 @@ class SiteProcessor:
 
     def _open(self) -> None:
         self._consumer = make_consumer(
-            self.kafka, f"streamfed.{self.topology}.site.{self.site_id}",
+            self.kafka,
+            f"streamfed.{self.topology}.site.{self.site_id}",
             **{"statistics.interval.ms": 1000, "stats_cb": self._stats},
         )
         self._consumer.subscribe([self.topics.transactions])
@@ -363,21 +364,38 @@ class SiteProcessor:
         assert abs(spent - eps_after) < 1e-9
         try:
             self._consumer.commit(asynchronous=False)
-        except Exception as exc:  # noqa: BLE001 - nothing consumed yet, or a rebalance: not fatal
+        except Exception as exc:
             log.debug("site=%s offset commit before publish: %s", self.site_id, exc)
         blob = params_to_bytes(noised)
         now_ms = int(time.time() * 1000)
         record: dict[str, Any] = {
-            "topology": self.topology, "model": self.spec.name, "site_id": self.site_id, "sequence": seq,
-            "base_version": self.base_version, "created_ms": now_ms, "num_examples": self._window_examples,
-            "num_params": int(noised.size), "params": blob, "clip_norm": C, "noise_std": self.sigma * C,
-            "epsilon_spent": spent, "delta": self.privacy.delta, "first_event_ms": self._window_first_ms or now_ms,
+            "topology": self.topology,
+            "model": self.spec.name,
+            "site_id": self.site_id,
+            "sequence": seq,
+            "base_version": self.base_version,
+            "created_ms": now_ms,
+            "num_examples": self._window_examples,
+            "num_params": int(noised.size),
+            "params": blob,
+            "clip_norm": C,
+            "noise_std": self.sigma * C,
+            "epsilon_spent": spent,
+            "delta": self.privacy.delta,
+            "first_event_ms": self._window_first_ms or now_ms,
         }
         self.signer.sign(record)
         self._producer.produce(self.topics.updates, key=self.site_id.encode(), value=self.update_codec.encode(record))
         self._producer.poll(0)
-        log.info("site=%s published update seq=%d base=%d examples=%d norm=%.3f eps=%.3f",
-                 self.site_id, seq, self.base_version, self._window_examples, norm, spent)
+        log.info(
+            "site=%s published update seq=%d base=%d examples=%d norm=%.3f eps=%.3f",
+            self.site_id,
+            seq,
+            self.base_version,
+            self._window_examples,
+            norm,
+            spent,
+        )
         self.report.updates_published += 1
         self.report.last_sequence = seq
         self.report.epsilon = spent
@@ -420,8 +438,9 @@ class SiteProcessor:
                 if version > self.base_version or (version == self.base_version and sha != self.base_sha):
                     self.rebase(version, params_from_bytes(rec["params"], self.model.num_params), sha)
             except (SerializationError, KeyError) as exc:
-                log.warning("site=%s ignores an unreadable model version at offset %d: %s",
-                            self.site_id, msg.offset(), exc)
+                log.warning(
+                    "site=%s ignores an unreadable model version at offset %d: %s", self.site_id, msg.offset(), exc
+                )
 
     def rebase(self, version: int, params: np.ndarray, sha: str) -> None:
         """Move onto a new global version, keeping the progress of the window not yet published."""

@@ -18,7 +18,7 @@ def _open(path: Path) -> io.TextIOBase:
         raise ConfigError(f"source file {path} does not exist")
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115
+    return open(path, encoding="utf-8", newline="")
 
 
 def _convert(value: str, avro_type: Any, na: set[str], field: str) -> Any:

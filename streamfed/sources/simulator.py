@@ -16,11 +16,26 @@ import numpy as np
 from streamfed.topology.spec import SimulatorSpec
 
 MERCHANT_CATEGORIES = (
-    "grocery", "fuel", "restaurant", "online_retail", "electronics", "travel", "pharmacy", "entertainment",
+    "grocery",
+    "fuel",
+    "restaurant",
+    "online_retail",
+    "electronics",
+    "travel",
+    "pharmacy",
+    "entertainment",
 )
 # log-normal amount parameters per category (median ~ exp(mu))
-_AMOUNT = {"grocery": (3.4, 0.6), "fuel": (3.7, 0.4), "restaurant": (3.3, 0.7), "online_retail": (3.9, 0.9),
-           "electronics": (5.2, 0.9), "travel": (5.6, 0.8), "pharmacy": (3.0, 0.6), "entertainment": (3.6, 0.8)}
+_AMOUNT = {
+    "grocery": (3.4, 0.6),
+    "fuel": (3.7, 0.4),
+    "restaurant": (3.3, 0.7),
+    "online_retail": (3.9, 0.9),
+    "electronics": (5.2, 0.9),
+    "travel": (5.6, 0.8),
+    "pharmacy": (3.0, 0.6),
+    "entertainment": (3.6, 0.8),
+}
 _BASE_MIX = np.array([0.26, 0.12, 0.16, 0.16, 0.06, 0.05, 0.09, 0.10])
 # categories fraud moves through over time (drift)
 _HOT = ("online_retail", "electronics", "travel", "entertainment")
@@ -54,7 +69,7 @@ class TransactionSimulator:
         out = {}
         for i, c in enumerate(_HOT):
             d = min(abs(phase - i), len(_HOT) - abs(phase - i))
-            out[c] = 2.2 * math.exp(-(d ** 2))
+            out[c] = 2.2 * math.exp(-(d**2))
         return out
 
     def batch(self, n: int, t: float, now_ms: int = 0) -> list[dict[str, Any]]:
@@ -87,16 +102,18 @@ class TransactionSimulator:
         out = []
         for i in range(n):
             self.count += 1
-            out.append({
-                "transaction_id": f"{self.site_id}-{self.prefix}-{self.count}",
-                "site_id": self.site_id,
-                "event_time": now_ms,
-                "amount": float(amount[i]),
-                "merchant_category": cats[i],
-                "hour": int(hour[i]),
-                "card_present": bool(card_present[i]),
-                "distance_km": float(distance[i]),
-                "account_age_days": int(account_age[i]),
-                "is_fraud": bool(fraud[i]) if labelled[i] else None,
-            })
+            out.append(
+                {
+                    "transaction_id": f"{self.site_id}-{self.prefix}-{self.count}",
+                    "site_id": self.site_id,
+                    "event_time": now_ms,
+                    "amount": float(amount[i]),
+                    "merchant_category": cats[i],
+                    "hour": int(hour[i]),
+                    "card_present": bool(card_present[i]),
+                    "distance_km": float(distance[i]),
+                    "account_age_days": int(account_age[i]),
+                    "is_fraud": bool(fraud[i]) if labelled[i] else None,
+                }
+            )
         return out

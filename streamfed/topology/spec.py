@@ -252,7 +252,9 @@ class Topology(Frozen):
     kafka: KafkaSpec = KafkaSpec()
     metrics: MetricsSpec = MetricsSpec()
     sites: list[SiteSpec] = Field(min_length=1)
-    state_dir: Path = Field(Path(".streamfed"), description="checkpoints, ledgers and keys live under <state_dir>/<name>")
+    state_dir: Path = Field(
+        Path(".streamfed"), description="checkpoints, ledgers and keys live under <state_dir>/<name>"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Topology:

@@ -21,7 +21,7 @@ def cli(*args: str) -> list[str]:
 def start(args: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cli(*args), stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=cwd, env=env)  # noqa: SIM115
+    return subprocess.Popen(cli(*args), stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=cwd, env=env)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:

@@ -17,8 +17,7 @@ from tests.integration.lineage import check_lineage, read_lineage
 
 pytestmark = pytest.mark.kafka
 
-FAST = {"update": {"every_records": 1000, "every_seconds": 1.0, "min_records": 50},
-        "aggregation": {"buffer_size": 2}}
+FAST = {"update": {"every_records": 1000, "every_seconds": 1.0, "min_records": 50}, "aggregation": {"buffer_size": 2}}
 
 
 def _max_version(topo) -> int:
@@ -33,21 +32,38 @@ def test_bad_records_and_forged_updates_are_rejected_while_everything_keeps_runn
     path, topo = topology_factory("fraud", FAST)
     logs = tmp_path / "logs"
     subprocess_args = ["--topology", str(path)]
-    agg = start(["aggregator", *subprocess_args, "--summary-json", str(tmp_path / "agg.json")], logs / "agg.log", tmp_path)
+    agg = start(
+        ["aggregator", *subprocess_args, "--summary-json", str(tmp_path / "agg.json")], logs / "agg.log", tmp_path
+    )
     from streamfed.privacy.signing import write_keypair
 
     for s in topo.sites:
         write_keypair(topo.private_key_path(s), topo.public_key_path(s))
-    sites = {s.id: start(["site", *subprocess_args, "--site", s.id, "--summary-json", str(tmp_path / f"{s.id}.json")],
-                         logs / f"{s.id}.log", tmp_path) for s in topo.sites}
+    sites = {
+        s.id: start(
+            ["site", *subprocess_args, "--site", s.id, "--summary-json", str(tmp_path / f"{s.id}.json")],
+            logs / f"{s.id}.log",
+            tmp_path,
+        )
+        for s in topo.sites
+    }
     sim = start(["simulate", *subprocess_args, "--rate-scale", "0.5"], logs / "sim.log", tmp_path)
     try:
         wait_for(lambda: _max_version(topo) >= 2, 90, "two versions before the attack")
         target = topo.sites[0]
         codec = AvroCodec("card_transaction")
-        good = {"transaction_id": "x", "site_id": target.id, "event_time": 0, "amount": 12.5,
-                "merchant_category": "fuel", "hour": 3, "card_present": True, "distance_km": 2.0,
-                "account_age_days": 10, "is_fraud": False}
+        good = {
+            "transaction_id": "x",
+            "site_id": target.id,
+            "event_time": 0,
+            "amount": 12.5,
+            "merchant_category": "fuel",
+            "hour": 3,
+            "card_present": True,
+            "distance_km": 2.0,
+            "account_age_days": 10,
+            "is_fraud": False,
+        }
         prod = make_producer(topo.kafka)
         topic = topo.transactions_topic(target)
         prod.produce(topic, key=b"bad-1", value=b"\x00\x01\x02 not avro at all")

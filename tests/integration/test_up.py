@@ -19,14 +19,36 @@ def test_bounded_up_gives_versions_whose_lineage_covers_each_accepted_update_onc
     path, topo = topology_factory("fraud")
     summary_file = tmp_path / "summary.json"
     res = subprocess.run(
-        cli("up", str(path), "--duration", "30", "--bootstrap", bootstrap, "--no-live",
-            "--summary-json", str(summary_file), "--state-dir", str(tmp_path / "state")),
-        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        cli(
+            "up",
+            str(path),
+            "--duration",
+            "30",
+            "--bootstrap",
+            bootstrap,
+            "--no-live",
+            "--summary-json",
+            str(summary_file),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     s = read_json(summary_file)
-    for key in ("model_versions", "transactions", "updates_published", "updates_accepted", "updates_rejected",
-                "dead_letters", "sites", "global"):
+    for key in (
+        "model_versions",
+        "transactions",
+        "updates_published",
+        "updates_accepted",
+        "updates_rejected",
+        "dead_letters",
+        "sites",
+        "global",
+    ):
         assert key in s
     assert s["failed"] == []
     assert s["model_versions"] >= 3
