@@ -74,3 +74,11 @@ def ensure_keys(topo_path: str, state_dir: Path | None) -> None:
     topo = load(topo_path, None, state_dir)
     for spec in topo.sites:
         write_keypair(topo.private_key_path(spec), topo.public_key_path(spec))
+
+
+@topology_app.command("reference")
+def reference() -> None:
+    """Print the topology reference (every field, its type, default and meaning) as Markdown."""
+    from streamfed.topology.reference import reference_markdown
+
+    print(reference_markdown())

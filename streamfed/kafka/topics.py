@@ -33,12 +33,18 @@ def topic_plan(topo: Topology) -> list[NewTopic]:
 def provision_topology(topo: Topology, timeout_s: float = 30.0) -> list[str]:
     """Create every topic the topology uses; returns the names created now (existing ones are kept)."""
     admin = admin_client(topo.kafka)
+    try:
+        admin.list_topics(timeout=min(timeout_s, 15.0))
+    except KafkaException as exc:
+        raise BrokerError(f"no Kafka broker answers at {topo.kafka.bootstrap_servers}: {exc.args[0]}") from exc
     created = []
     futures = admin.create_topics(topic_plan(topo), operation_timeout=timeout_s, request_timeout=timeout_s)
     for name, fut in futures.items():
         try:
             fut.result(timeout_s)
             created.append(name)
+        except TimeoutError as exc:
+            raise BrokerError(f"creating topic {name} timed out after {timeout_s:.0f} s") from exc
         except KafkaException as exc:
             err = exc.args[0]
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:

@@ -29,13 +29,15 @@ class NumericFeature(Frozen):
     """
 
     name: str
-    transform: Literal["identity", "log1p", "cyclic"] = "identity"
-    period: PositiveFloat | None = None
-    center: float = 0.0
-    scale: PositiveFloat = 1.0
-    min: float | None = None
-    max: float | None = None
-    missing: float | None = None
+    transform: Literal["identity", "log1p", "cyclic"] = Field(
+        "identity", description="cyclic gives sin and cos of 2*pi*value/period"
+    )
+    period: PositiveFloat | None = Field(None, description="period of a cyclic feature (24 for an hour)")
+    center: float = Field(0.0, description="subtracted after the transform")
+    scale: PositiveFloat = Field(1.0, description="divides after centering")
+    min: float | None = Field(None, description="raw values below are dead-lettered as out_of_range")
+    max: float | None = Field(None, description="raw values above are dead-lettered as out_of_range")
+    missing: float | None = Field(None, description="raw value used for null; without it a null is dead-lettered")
 
     @model_validator(mode="after")
     def _check(self) -> NumericFeature:
@@ -100,36 +102,36 @@ class FeatureSpec(Frozen):
 class OnlineSpec(Frozen):
     """The river learner updated on every labelled event."""
 
-    learner: Literal["logistic"] = "logistic"
-    learning_rate: PositiveFloat = 0.05
-    l2: float = Field(0.0, ge=0)
+    learner: Literal["logistic"] = Field("logistic", description="river.linear_model.LogisticRegression")
+    learning_rate: PositiveFloat = Field(0.05, description="SGD step for weights and intercept")
+    l2: float = Field(0.0, ge=0, description="L2 penalty")
 
 
 class DeepSpec(Frozen):
     """The torch network trained in periodic mini-batch steps from a bounded replay buffer."""
 
     enabled: bool = True
-    hidden: list[Annotated[int, Field(gt=0, le=65536)]] = [16]
-    batch_size: int = Field(1024, gt=0, le=1 << 20)
-    replay_size: int = Field(20000, gt=0)
-    step_every_records: int = Field(2000, gt=0)
-    step_every_seconds: PositiveFloat = 5.0
-    steps: int = Field(4, gt=0, le=10000)
+    hidden: list[Annotated[int, Field(gt=0, le=65536)]] = Field([16], description="hidden layer widths (ReLU)")
+    batch_size: int = Field(1024, gt=0, le=1 << 20, description="rows per mini-batch step")
+    replay_size: int = Field(20000, gt=0, description="capacity of the replay buffer, in rows")
+    step_every_records: int = Field(2000, gt=0, description="take steps after this many new labelled rows")
+    step_every_seconds: PositiveFloat = Field(5.0, description="... or after this many seconds")
+    steps: int = Field(4, gt=0, le=10000, description="optimizer (Adam) steps per trigger")
     learning_rate: PositiveFloat = 1e-3
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
 
 
 class ModelSpec(Frozen):
-    name: Name
+    name: Name = Field(description="model name: the key on the models topic")
     task: Literal["binary_classification"] = "binary_classification"
     record_schema: str = Field(description="Avro schema name: schemas/avro/<record_schema>.avsc")
-    label: str
+    label: str = Field(description="record field holding the label (nullable boolean: null = not yet known)")
     features: FeatureSpec
     online: OnlineSpec = OnlineSpec()
     deep: DeepSpec = DeepSpec()
     blend: float = Field(0.5, ge=0, le=1, description="weight of the online learner in predictions")
-    seed: int = 0
-    auc_window: int = Field(1000, gt=10)
+    seed: int = Field(0, description="seed of version 0's parameters, shared by every site and the aggregator")
+    auc_window: int = Field(1000, gt=10, description="records in the sliding window of prequential metrics")
 
 
 class PrivacySpec(Frozen):
@@ -148,25 +150,29 @@ class PrivacySpec(Frozen):
 class UpdateSpec(Frozen):
     """When a site publishes: every N labelled records or T seconds, whichever first."""
 
-    every_records: int = Field(2000, gt=0)
-    every_seconds: PositiveFloat = 5.0
-    min_records: int = Field(50, ge=1)
+    every_records: int = Field(2000, gt=0, description="publish after this many labelled records")
+    every_seconds: PositiveFloat = Field(5.0, description="... or after this many seconds")
+    min_records: int = Field(50, ge=1, description="never publish a window smaller than this")
 
 
 class AggregationSpec(Frozen):
-    strategy: Literal["fedbuff"] = "fedbuff"
-    rule: Literal["mean", "median", "trimmed_mean", "norm_bound"] = "mean"
-    buffer_size: int = Field(3, ge=1, le=10000)
+    strategy: Literal["fedbuff"] = Field("fedbuff", description="buffered asynchronous aggregation")
+    rule: Literal["mean", "median", "trimmed_mean", "norm_bound"] = Field(
+        "mean", description="how a buffer's deltas combine; the last three resist poisoning"
+    )
+    buffer_size: int = Field(3, ge=1, le=10000, description="K: accepted updates per version")
     server_learning_rate: PositiveFloat = 1.0
-    max_staleness: int = Field(20, ge=0)
-    staleness_exponent: float = Field(0.5, ge=0, le=4)
-    weight_by_examples: bool = True
-    trim_fraction: float = Field(0.1, ge=0, lt=0.5)
+    max_staleness: int = Field(20, ge=0, description="reject updates based this many versions back or more")
+    staleness_exponent: float = Field(0.5, ge=0, le=4, description="weight (1 + staleness) ** -a")
+    weight_by_examples: bool = Field(True, description="weight by the update's example count")
+    trim_fraction: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: fraction cut at each end")
     norm_bound: PositiveFloat | None = Field(None, description="norm_bound rule: scale updates down to this")
     max_update_norm: PositiveFloat | None = Field(
         None, description="reject updates above this L2 norm; derived from clip and noise when left out"
     )
-    commit_interval_seconds: PositiveFloat = 2.0
+    commit_interval_seconds: PositiveFloat = Field(
+        2.0, description="commit rejections and offsets this often when no version is pending"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AggregationSpec:
@@ -179,45 +185,45 @@ Scalar = str | int | float | bool
 
 
 class KafkaSpec(Frozen):
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="overridden by --bootstrap")
     settings: dict[str, Scalar] = Field(
         default_factory=dict, description="librdkafka settings applied to every client (TLS, SASL, timeouts)"
     )
     consumer_settings: dict[str, Scalar] = Field(default_factory=dict, description="librdkafka, consumers only")
     producer_settings: dict[str, Scalar] = Field(default_factory=dict, description="librdkafka, producers only")
     partitions: int = Field(3, ge=1, description="partitions of each site's transaction topic")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="of every topic StreamFed creates")
     max_message_bytes: int = Field(16 << 20, ge=1 << 20, le=1 << 30)
 
 
 class SimulatorSpec(Frozen):
     """Synthetic card transactions for one site (used by `streamfed simulate`)."""
 
-    rate: PositiveFloat = 500.0
-    fraud_rate: float = Field(0.02, gt=0, lt=0.5)
-    drift_period_seconds: PositiveFloat = 300.0
-    online_share: float = Field(0.35, ge=0, le=1)
-    night_share: float = Field(0.12, ge=0, le=1)
-    label_fraction: float = Field(1.0, ge=0, le=1)
-    seed: int | None = None
+    rate: PositiveFloat = Field(500.0, description="transactions per second")
+    fraud_rate: float = Field(0.02, gt=0, lt=0.5, description="approximate base fraud rate of the site")
+    drift_period_seconds: PositiveFloat = Field(300.0, description="time for fraud to move to the next category")
+    online_share: float = Field(0.35, ge=0, le=1, description="share of card-not-present (online) merchants")
+    night_share: float = Field(0.12, ge=0, le=1, description="share of transactions between 0 and 6 h")
+    label_fraction: float = Field(1.0, ge=0, le=1, description="share of records that carry a label")
+    seed: int | None = Field(None, description="seed of the generator (None: random)")
 
 
 class SourceSpec(Frozen):
     """A real data file replayed as records (used by `streamfed replay`)."""
 
-    path: Path
+    path: Path = Field(description="relative to the topology file; .gz is read as gzip")
     format: Literal["csv"] = "csv"
     separator: str = ","
-    header: bool = True
-    columns: list[str] | None = None
-    na_values: list[str] = ["", "NA", "?"]
+    header: bool = Field(True, description="first row names the columns")
+    columns: list[str] | None = Field(None, description="column names (required without a header)")
+    na_values: list[str] = Field(["", "NA", "?"], description="cells that mean missing (null)")
     fields: dict[str, str] = Field(default_factory=dict, description="record field -> column (default: same)")
     label_column: str
-    label_positive: list[str] | None = None
-    label_threshold: float | None = None
+    label_positive: list[str] | None = Field(None, description="label is true when the cell is one of these")
+    label_threshold: float | None = Field(None, description="label is true when the cell is above this")
     where: dict[str, list[str]] = Field(default_factory=dict, description="keep rows whose column is one of")
-    drop_columns: list[str] = []
-    rate: PositiveFloat = 200.0
+    drop_columns: list[str] = Field([], description="columns never used (e.g. ones that leak the label)")
+    rate: PositiveFloat = Field(200.0, description="records per second")
 
     @model_validator(mode="after")
     def _check(self) -> SourceSpec:
@@ -230,20 +236,20 @@ class SourceSpec(Frozen):
 
 class SiteSpec(Frozen):
     id: Name
-    topic: str | None = None
-    public_key: Path | None = None
-    private_key: Path | None = None
-    metrics_port: int | None = Field(None, ge=0, le=65535)
+    topic: str | None = Field(None, description="default streamfed.<topology>.transactions.<id>")
+    public_key: Path | None = Field(None, description="PEM; default <state_dir>/<name>/keys/<id>.pub")
+    private_key: Path | None = Field(None, description="PEM; default <state_dir>/<name>/keys/<id>.key")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="/metrics port of `streamfed site`")
     simulator: SimulatorSpec | None = None
     source: SourceSpec | None = None
 
 
 class MetricsSpec(Frozen):
-    aggregator_port: int | None = Field(None, ge=0, le=65535)
+    aggregator_port: int | None = Field(None, ge=0, le=65535, description="/metrics port of `streamfed aggregator`")
 
 
 class Topology(Frozen):
-    name: Name
+    name: Name = Field(description="names the topics: streamfed.<name>.<stream>")
     description: str = ""
     model: ModelSpec
     privacy: PrivacySpec
