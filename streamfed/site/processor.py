@@ -236,7 +236,8 @@ class SiteProcessor:
                     break
                 if max_records is not None and self.report.records + self.report.dead_letters >= max_records:
                     break
-                msgs = self._consumer.consume(self.batch_size, 0.1)
+                # Never take more than one update window in a batch, so windows keep their size.
+                msgs = self._consumer.consume(min(self.batch_size, self.update.every_records), 0.1)
                 if msgs:
                     self.process(msgs)
                 self._poll_models()

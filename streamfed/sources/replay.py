@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from collections.abc import Iterator
+import random
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,11 @@ def read_source_rows(
         skip = {id_field, "site_id", "event_time", label_field}
         mapping = {f: spec.fields.get(f, f) for f in schema_fields if f not in skip}
         mapping = {f: c for f, c in mapping.items() if c in index and c not in spec.drop_columns}
-        for n, row in enumerate(reader):
+        rows: Iterable[list[str]] = reader
+        if spec.shuffle_seed is not None:
+            rows = list(reader)
+            random.Random(spec.shuffle_seed).shuffle(rows)
+        for n, row in enumerate(rows):
             if not row or len(row) < len(header):
                 continue
             if any(row[index[c]].strip() not in allowed for c, allowed in spec.where.items()):

@@ -223,6 +223,9 @@ class SourceSpec(Frozen):
     label_threshold: float | None = Field(None, description="label is true when the cell is above this")
     where: dict[str, list[str]] = Field(default_factory=dict, description="keep rows whose column is one of")
     drop_columns: list[str] = Field([], description="columns never used (e.g. ones that leak the label)")
+    shuffle_seed: int | None = Field(
+        None, description="replay rows in a seeded random order (for files with no time order)"
+    )
     rate: PositiveFloat = Field(200.0, description="records per second")
 
     @model_validator(mode="after")

@@ -65,3 +65,53 @@ def test_bounded_up_gives_versions_whose_lineage_covers_each_accepted_update_onc
     for sid, seq in pairs:
         assert 1 <= seq <= published[sid], f"{sid}#{seq} was never published"
     assert s["updates_published"] >= s["updates_accepted"]
+
+
+def test_models_cli_lists_shows_and_exports_versions(topology_factory, bootstrap: str, tmp_path: Path) -> None:
+    """After a bounded run: list, show (lineage and DP summary) and export a loadable model."""
+    import json
+
+    import numpy as np
+
+    from streamfed.learners.model import SiteModel
+    from streamfed.registry.export import load_exported
+
+    path, topo = topology_factory("fraud", {"update": {"every_seconds": 1.0, "min_records": 50}})
+    state = tmp_path / "state"
+    res = subprocess.run(
+        cli("up", str(path), "--duration", "20", "--bootstrap", bootstrap, "--no-live", "--state-dir", str(state)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    base = ["--topology", str(path), "--bootstrap", bootstrap, "--state-dir", str(state)]
+    listed = subprocess.run(cli("models", "list", *base, "--json"), capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [r["version"] for r in rows] == list(range(rows[0]["version"], rows[-1]["version"] + 1))
+    assert rows[0]["version"] == 0 and rows[-1]["version"] >= 1
+    cached = subprocess.run(
+        cli("models", "list", *base, "--json", "--from-cache"), capture_output=True, text=True, timeout=60
+    )
+    assert [r["version"] for r in json.loads(cached.stdout)] == [r["version"] for r in rows[1:]]
+
+    shown = subprocess.run(cli("models", "show", *base), capture_output=True, text=True, timeout=60)
+    doc = json.loads(shown.stdout)
+    assert doc["version"] == rows[-1]["version"]
+    assert doc["contributions"] and set(doc["dp"]["site_epsilon_spent"]) <= {s.id for s in topo.sites}
+    assert doc["feature_order"] == topo.model.features.names()
+
+    out = tmp_path / "model.npz"
+    exported = subprocess.run(cli("models", "export", str(out), *base), capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    params, meta = load_exported(out)
+    assert meta["version"] == doc["version"]
+    model = SiteModel(topo.model, device="cpu")
+    model.set_params(params)
+    X = np.zeros((4, len(topo.model.features.names())), dtype=np.float32)
+    p = model.predict_proba_many(X)
+    assert p.shape == (4,) and np.all((p >= 0) & (p <= 1))
+    with np.load(out) as z:
+        assert z["online.weights"].shape == (len(topo.model.features.names()),)
