@@ -7,6 +7,7 @@ import typer
 from streamfed.cli import services
 from streamfed.cli.config import keys_app, topology_app
 from streamfed.cli.models import models_app
+from streamfed.cli.privacy import privacy_app
 from streamfed.cli.up import up
 
 app = typer.Typer(
@@ -26,3 +27,4 @@ app.command("replay")(services.replay)
 app.add_typer(topology_app, name="topology")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(privacy_app, name="privacy")

@@ -6,7 +6,7 @@ from streamfed.privacy.accountant import (
     epsilon_for,
     resolve_noise_multiplier,
 )
-from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, csprng
+from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, clip_segments, csprng
 from streamfed.privacy.signing import (
     SiteSigner,
     UpdateVerifier,
@@ -24,6 +24,7 @@ __all__ = [
     "add_gaussian_noise",
     "calibrate_noise_multiplier",
     "clip_l2",
+    "clip_segments",
     "csprng",
     "epsilon_for",
     "generate_keypair",

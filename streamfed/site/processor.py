@@ -26,7 +26,7 @@ from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.learners.model import SiteModel, initial_params
 from streamfed.learners.torch_mlp import ReplayBuffer
 from streamfed.privacy.accountant import PrivacyLedger, epsilon_for
-from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, csprng
+from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, clip_segments, csprng
 from streamfed.privacy.signing import SiteSigner
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.tensors import params_from_bytes, params_to_bytes, sha256_hex
@@ -357,7 +357,13 @@ class SiteProcessor:
             M.SITE_BUDGET_EXHAUSTED.labels(**self._labels).set(1)
             self._reset_window()
             return False
-        clipped, norm = clip_l2(delta, C)
+        share = self.privacy.online_clip_share
+        if share is not None and self.model.deep is not None:
+            n_online = len(self.model.featurizer.names) + 1
+            bounds = [(0, n_online, C * math.sqrt(share)), (n_online, delta.size, C * math.sqrt(1 - share))]
+            clipped, norm = clip_segments(delta, bounds)
+        else:
+            clipped, norm = clip_l2(delta, C)
         M.SITE_UPDATE_NORM.labels(**self._labels).observe(norm)
         noised = add_gaussian_noise(clipped, self.sigma * C, self.rng)
         seq = self.state.advance()

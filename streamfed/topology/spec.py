@@ -145,6 +145,13 @@ class PrivacySpec(Frozen):
         None, description="noise std / clip_norm; calibrated from epsilon when left out"
     )
     budget_epsilon: PositiveFloat | None = Field(None, description="lifetime epsilon budget per site")
+    online_clip_share: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="clip the online and deep parameters separately, giving the online ones this share of "
+        "clip_norm squared (same total sensitivity); null clips the whole vector at once",
+    )
 
 
 class UpdateSpec(Frozen):

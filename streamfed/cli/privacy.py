@@ -1,0 +1,77 @@
+"""`streamfed privacy report`: releases, sigma, clip and epsilon (RDP and PLD) per site and version."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamfed.cli.common import BootstrapOpt, StateDirOpt, TopologyOpt, fail, load
+from streamfed.cli.models import CacheOpt, _versions
+from streamfed.errors import StreamfedError
+
+privacy_app = typer.Typer(help="Privacy accounting for auditors.", no_args_is_help=True)
+out = Console()
+
+
+@privacy_app.command("report")
+def report(
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    state_dir: StateDirOpt = None,
+    from_cache: CacheOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    latest_only: Annotated[bool, typer.Option("--latest", help="only the latest version")] = False,
+) -> None:
+    """Per site and model version: releases, sigma, clip, epsilon by RDP and PLD at delta, from the
+    sites' ledgers (<state_dir>/<topology>/sites/<id>/ledger.jsonl) and the model versions."""
+    from streamfed.privacy.accountant import PrivacyLedger
+    from streamfed.privacy.report import privacy_rows
+
+    try:
+        topo = load(topology, bootstrap, state_dir)
+        ledgers = {
+            s.id: PrivacyLedger(topo.privacy.delta, path=topo.home / "sites" / s.id / "ledger.jsonl").releases
+            for s in topo.sites
+        }
+        versions = _versions(topology, bootstrap, state_dir, from_cache)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    rows = privacy_rows(ledgers, versions, topo.privacy.delta, topo.privacy.max_updates_per_record)
+    if latest_only and rows:
+        last = rows[-1].version
+        rows = [r for r in rows if r.version == last]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "topology": topo.name,
+                    "delta": topo.privacy.delta,
+                    "k": topo.privacy.max_updates_per_record,
+                    "rows": [r.to_json() for r in rows],
+                },
+                indent=1,
+            )
+        )
+        return
+    t = Table(
+        title=f"{topo.name}: privacy by site and version (delta = {topo.privacy.delta:g}, "
+        f"k = {topo.privacy.max_updates_per_record})"
+    )
+    for col in ("version", "site", "releases", "sigma", "clip", "ε RDP", "ε PLD", "ε per record"):
+        t.add_column(col, justify="left" if col == "site" else "right")
+    for r in rows:
+        t.add_row(
+            str(r.version),
+            r.site,
+            str(r.releases),
+            f"{r.sigma:.3f}",
+            f"{r.clip_norm:g}",
+            f"{r.epsilon_rdp:.3f}",
+            f"{r.epsilon_pld:.3f}",
+            f"{r.epsilon_per_record_rdp:.3f}",
+        )
+    out.print(t)
