@@ -39,6 +39,11 @@ SITE_AUC = Gauge(
 SITE_LOGLOSS = Gauge(
     "streamfed_site_prequential_logloss", "Prequential log loss over a sliding window", ["topology", "site", "model"]
 )
+SITE_DRIFT = Counter(
+    "streamfed_site_drift_detected_total",
+    "Drifts detected by ADWIN on the prequential error stream",
+    ["topology", "site"],
+)
 SITE_UPDATES = Counter("streamfed_site_updates_published_total", "Private updates published", ["topology", "site"])
 SITE_BASE_VERSION = Gauge(
     "streamfed_site_base_version", "Global version the site's model is based on", ["topology", "site"]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from river import drift
 from river import metrics as rmetrics
 
 from streamfed import metrics as M
@@ -62,6 +63,7 @@ class SiteReport:
     logloss: float | None = None
     base_version: int = 0
     rebases: int = 0
+    drifts: int = 0
     deep_steps: int = 0
     last_sequence: int = 0
     device: str = "cpu"
@@ -169,6 +171,7 @@ class SiteProcessor:
         self.replay = ReplayBuffer(self.model.featurizer.dim, model_spec.deep.replay_size)
         self.local_metrics = _Window(model_spec.auc_window)
         self.global_metrics = _Window(model_spec.auc_window)
+        self.drift = drift.ADWIN()
         self.report = SiteReport(site=site_id, device=str(self.model.deep.device) if self.model.deep else "cpu")
         self.report.epsilon = ledger.spent
         self.report.last_sequence = state.next_sequence - 1
@@ -288,6 +291,12 @@ class SiteProcessor:
         if nl:
             self.local_metrics.update(y[labelled], p_local[labelled])
             self.global_metrics.update(y[labelled], p_global[labelled])
+            for err in np.abs(y[labelled] - p_local[labelled]).tolist():
+                self.drift.update(err)
+                if self.drift.drift_detected:
+                    self.report.drifts += 1
+                    M.SITE_DRIFT.labels(**self._labels).inc()
+                    log.info("site=%s drift detected by ADWIN on the error stream", self.site_id)
             self.replay.add(X[labelled], y[labelled], window=self.state.next_sequence)
             self.report.labelled += nl
             self._window_examples += nl
