@@ -1,6 +1,7 @@
-"""The site service: a stream processor per site."""
+"""The site service: a stream processor per site, around a Kafka-free learner."""
 
-from streamfed.site.build import build_site
-from streamfed.site.processor import SiteProcessor, SiteReport, SiteState, SiteTopics
+from streamfed.site.build import build_learner, build_site
+from streamfed.site.learner import SiteLearner, SiteReport, SiteState
+from streamfed.site.processor import SiteProcessor, SiteTopics
 
-__all__ = ["SiteProcessor", "SiteReport", "SiteState", "SiteTopics", "build_site"]
+__all__ = ["SiteLearner", "SiteProcessor", "SiteReport", "SiteState", "SiteTopics", "build_learner", "build_site"]

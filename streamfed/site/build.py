@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from streamfed.privacy.accountant import PrivacyLedger, resolve_noise_multiplier
 from streamfed.privacy.signing import SiteSigner, load_private_key
 from streamfed.serde.avro import AvroCodec
-from streamfed.site.processor import SiteProcessor, SiteState, SiteTopics
+from streamfed.site.learner import SiteLearner, SiteState
+from streamfed.site.processor import SiteProcessor, SiteTopics
 from streamfed.topology.spec import Topology
 
 
-def build_site(topo: Topology, site_id: str, rng: np.random.Generator | None = None) -> SiteProcessor:
+def build_learner(
+    topo: Topology, site_id: str, rng: np.random.Generator | None = None, persist: bool = True, **kw: object
+) -> SiteLearner:
+    """The site's learner with its key, ledger and sequence state (kept under the state dir if ``persist``)."""
     site = topo.site(site_id)
     home = topo.home / "sites" / site.id
+    return SiteLearner(
+        topology=topo.name,
+        site_id=site.id,
+        model_spec=topo.model,
+        privacy=topo.privacy,
+        update=topo.update,
+        signer=SiteSigner(load_private_key(topo.private_key_path(site))),
+        ledger=PrivacyLedger(
+            topo.privacy.delta, topo.privacy.budget_epsilon, home / "ledger.jsonl" if persist else None
+        ),
+        state=SiteState(home / "state.json" if persist else None),
+        sigma=resolve_noise_multiplier(topo.privacy),
+        rng=rng,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def build_site(
+    topo: Topology,
+    site_id: str,
+    rng: np.random.Generator | None = None,
+    tamper: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> SiteProcessor:
+    site = topo.site(site_id)
     topics = SiteTopics(
         transactions=topo.transactions_topic(site),
         updates=topo.updates_topic,
@@ -21,17 +51,5 @@ def build_site(topo: Topology, site_id: str, rng: np.random.Generator | None = N
         dead_letters=topo.dead_letter_topic,
     )
     return SiteProcessor(
-        topology=topo.name,
-        site_id=site.id,
-        model_spec=topo.model,
-        privacy=topo.privacy,
-        update=topo.update,
-        kafka=topo.kafka,
-        topics=topics,
-        signer=SiteSigner(load_private_key(topo.private_key_path(site))),
-        ledger=PrivacyLedger(topo.privacy.delta, topo.privacy.budget_epsilon, home / "ledger.jsonl"),
-        state=SiteState(home / "state.json"),
-        sigma=resolve_noise_multiplier(topo.privacy),
-        codec=AvroCodec(topo.model.record_schema),
-        rng=rng,
+        build_learner(topo, site_id, rng), topo.kafka, topics, AvroCodec(topo.model.record_schema), tamper=tamper
     )
