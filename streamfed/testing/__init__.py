@@ -1,0 +1,1 @@
+"""Helpers for tests and simulations of *our* interfaces (no fakes of Kafka)."""
