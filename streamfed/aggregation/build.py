@@ -9,7 +9,7 @@ from streamfed.aggregation.fedbuff import FedBuff
 from streamfed.aggregation.rules import make_rule
 from streamfed.learners.model import SiteModel
 from streamfed.privacy.accountant import resolve_noise_multiplier
-from streamfed.privacy.signing import UpdateVerifier, load_public_key
+from streamfed.privacy.signing import FileKeyring
 from streamfed.serde.avro import default_registry
 from streamfed.topology.spec import Topology
 
@@ -36,6 +36,6 @@ def build_aggregator(topo: Topology) -> Aggregator:
         max_update_norm=limit,
     )
     topics = AggregatorTopics(topo.updates_topic, topo.models_topic, topo.lineage_topic, topo.rejected_topic)
-    verifier = UpdateVerifier({s.id: [load_public_key(topo.public_key_path(s))] for s in topo.sites})
+    verifier = FileKeyring({s.id: topo.public_key_path(s) for s in topo.sites})
     fedbuff = FedBuff(topo.aggregation, make_rule(topo.aggregation))
     return Aggregator(info, topo.aggregation, fedbuff, topo.kafka, topics, verifier, topo.home / "aggregator")

@@ -28,6 +28,10 @@ def validate(file: Annotated[str, typer.Argument(help="topology YAML file or nam
     except StreamfedError as exc:
         raise fail(exc) from exc
     doc = topo.model_dump(mode="json")
+    for group in ("settings", "consumer_settings", "producer_settings"):
+        for key in doc["kafka"][group]:
+            if any(word in key for word in ("password", "secret")):
+                doc["kafka"][group][key] = "********"
     out.print(yaml.safe_dump(doc, sort_keys=False), end="", highlight=False)
     k = topo.privacy.max_updates_per_record
     out.print(
@@ -82,3 +86,26 @@ def reference() -> None:
     from streamfed.topology.reference import reference_markdown
 
     print(reference_markdown())
+
+
+@keys_app.command("rotate")
+def rotate(
+    site: Annotated[str, typer.Option("--site", "-s", help="site id")],
+    topology: TopologyOpt = "fraud",
+    state_dir: StateDirOpt = None,
+    grace: Annotated[float, typer.Option(help="seconds the old public key stays accepted")] = 3600.0,
+) -> None:
+    """Replace a site's key pair without downtime: the running site signs with the new key from its
+    next update on, and the aggregator accepts the old one until the grace window ends."""
+    from streamfed.privacy.signing import rotate_keypair
+
+    try:
+        topo = load(topology, None, state_dir)
+        ids = [s.id for s in topo.sites]
+        if site not in ids:
+            raise typer.BadParameter(f'unknown site "{site}"; valid: {", ".join(ids)}')
+        spec = topo.site(site)
+        new_id = rotate_keypair(topo.private_key_path(spec), topo.public_key_path(spec), grace)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    out.print(f"{site}: new key {new_id}; the previous key is accepted for {grace:.0f} s more", highlight=False)

@@ -8,16 +8,21 @@ from streamfed.privacy.accountant import (
 )
 from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, clip_segments, csprng
 from streamfed.privacy.signing import (
+    FileKeyring,
+    FileSigner,
     SiteSigner,
     UpdateVerifier,
     generate_keypair,
     key_id,
     load_private_key,
     load_public_key,
+    rotate_keypair,
     write_keypair,
 )
 
 __all__ = [
+    "FileKeyring",
+    "FileSigner",
     "PrivacyLedger",
     "SiteSigner",
     "UpdateVerifier",
@@ -32,5 +37,6 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "resolve_noise_multiplier",
+    "rotate_keypair",
     "write_keypair",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ SIGNED_FIELDS = (
     "key_id",
 )
 DOMAIN = b"streamfed.update.v1\n"
+log = logging.getLogger(__name__)
 
 
 def canonical_message(update: Mapping[str, Any]) -> bytes:
@@ -104,15 +107,53 @@ class SiteSigner:
         return update
 
 
-class UpdateVerifier:
-    """Public keys per site; an update verifies only against a key registered for its own site."""
+class FileSigner(SiteSigner):
+    """Signs with the key in ``path`` and picks up a rotated key file without a restart."""
 
-    def __init__(self, keys: Mapping[str, Iterable[Ed25519PublicKey]]) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = path.stat().st_mtime_ns if path.exists() else 0
+        super().__init__(load_private_key(path))
+
+    def sign(self, update: dict[str, Any]) -> dict[str, Any]:
+        mtime = self.path.stat().st_mtime_ns
+        if mtime != self._mtime:
+            key = load_private_key(self.path)
+            self._key, self.key_id, self._mtime = key, key_id(key.public_key()), mtime
+            log.info("signing key %s reloaded from %s", self.key_id, self.path)
+        return super().sign(update)
+
+
+class UpdateVerifier:
+    """Public keys per site; an update verifies only against a key registered for its own site.
+
+    ``expiring`` keys are accepted only until their deadline (Unix seconds): the grace window of a
+    key rotation.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, Iterable[Ed25519PublicKey]],
+        expiring: Mapping[str, Iterable[tuple[Ed25519PublicKey, float]]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._keys: dict[str, dict[str, Ed25519PublicKey]] = {
             site: {key_id(k): k for k in ks} for site, ks in keys.items()
         }
+        self._until: dict[str, float] = {}
+        for site, pairs in (expiring or {}).items():
+            for k, until in pairs:
+                kid = key_id(k)
+                if kid not in self._keys.setdefault(site, {}):
+                    self._keys[site][kid] = k
+                    self._until[kid] = until
+        self.clock = clock
+
+    def sites(self) -> list[str]:
+        return sorted(self._keys)
 
     def verify(self, update: Mapping[str, Any]) -> None:
+        self._refresh()
         site = update["site_id"]
         keys = self._keys.get(site)
         if keys is None:
@@ -120,7 +161,76 @@ class UpdateVerifier:
         key = keys.get(update["key_id"])
         if key is None:
             raise SignatureError(f'key {update["key_id"]} is not registered for site "{site}"')
+        until = self._until.get(update["key_id"])
+        if until is not None and self.clock() > until:
+            raise SignatureError(f'key {update["key_id"]} of site "{site}" was rotated out (grace ended)')
         try:
             key.verify(update["signature"], canonical_message(update))
         except InvalidSignature as exc:
             raise SignatureError(f"bad signature on update {site}#{update['sequence']}") from exc
+
+    def _refresh(self) -> None:
+        """Subclasses reload keys here."""
+
+
+def previous_keys_path(public_key: Path) -> Path:
+    """Where a rotation records the keys still accepted during their grace window."""
+    return public_key.with_name(public_key.name + ".previous.json")
+
+
+def rotate_keypair(private_path: Path, public_path: Path, grace_s: float, now: float | None = None) -> str:
+    """Replace a site's key pair; the old public key stays valid for ``grace_s`` seconds.
+
+    Returns the new key id. The old public key goes into ``<pub>.previous.json`` with its deadline;
+    entries whose grace ended are dropped.
+    """
+    now = time.time() if now is None else now
+    old_pub = load_public_key(public_path)
+    record = previous_keys_path(public_path)
+    entries = json.loads(record.read_text()) if record.exists() else []
+    entries = [e for e in entries if e["valid_until"] > now]
+    entries.append({"key_id": key_id(old_pub), "public_key": public_path.read_text(), "valid_until": now + grace_s})
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(entries, indent=1))
+    tmp.replace(record)
+    write_keypair(private_path, public_path, overwrite=True)
+    return key_id(load_public_key(public_path))
+
+
+class FileKeyring(UpdateVerifier):
+    """Keys read from files (current ``.pub`` plus ``.pub.previous.json``), reloaded when they change."""
+
+    def __init__(self, paths: Mapping[str, Path], clock: Callable[[], float] = time.time, every_s: float = 2.0) -> None:
+        self.paths = dict(paths)
+        self.every_s = every_s
+        self._checked = 0.0
+        self._stamp: tuple[int, ...] = ()
+        super().__init__({}, clock=clock)
+        self._load()
+
+    def _files(self) -> list[Path]:
+        return [p for path in self.paths.values() for p in (path, previous_keys_path(path))]
+
+    def _load(self) -> None:
+        current = {site: [load_public_key(p)] for site, p in self.paths.items()}
+        expiring: dict[str, list[tuple[Ed25519PublicKey, float]]] = {}
+        for site, p in self.paths.items():
+            prev = previous_keys_path(p)
+            if prev.exists():
+                for e in json.loads(prev.read_text()):
+                    key = serialization.load_pem_public_key(e["public_key"].encode())
+                    if isinstance(key, Ed25519PublicKey):
+                        expiring.setdefault(site, []).append((key, float(e["valid_until"])))
+        fresh = UpdateVerifier(current, expiring, self.clock)
+        self._keys, self._until = fresh._keys, fresh._until
+        self._stamp = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in self._files())
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.every_s:
+            return
+        self._checked = now
+        stamp = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in self._files())
+        if stamp != self._stamp:
+            self._load()
+            log.info("site public keys reloaded")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from streamfed.privacy.accountant import PrivacyLedger, resolve_noise_multiplier
-from streamfed.privacy.signing import SiteSigner, load_private_key
+from streamfed.privacy.signing import FileSigner
 from streamfed.serde.avro import AvroCodec
 from streamfed.site.learner import SiteLearner, SiteState
 from streamfed.site.processor import SiteProcessor, SiteTopics
@@ -26,7 +26,7 @@ def build_learner(
         model_spec=topo.model,
         privacy=topo.privacy,
         update=topo.update,
-        signer=SiteSigner(load_private_key(topo.private_key_path(site))),
+        signer=FileSigner(topo.private_key_path(site)),
         ledger=PrivacyLedger(
             topo.privacy.delta, topo.privacy.budget_epsilon, home / "ledger.jsonl" if persist else None
         ),

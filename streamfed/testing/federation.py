@@ -56,8 +56,9 @@ def run_federation(
     clock = _StoppedClock()
     root = np.random.default_rng(seed)
     learners: dict[str, SiteLearner] = {
-        sid: build_learner(topo, sid, rng=np.random.default_rng(root.integers(1 << 62)), persist=False,
-                           clock=clock, device="cpu")
+        sid: build_learner(
+            topo, sid, rng=np.random.default_rng(root.integers(1 << 62)), persist=False, clock=clock, device="cpu"
+        )
         for sid in streams
     }
     agg = build_aggregator(topo)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,28 @@ def _check_against_schema(topo: Topology, source: str) -> None:
         raise ConfigError(f"{source}: invalid topology\n" + "\n".join(problems) + f"\n  valid fields: {valid}")
 
 
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(kafka: dict[str, Any], source: str) -> None:
+    """Replace ``${VAR}`` in Kafka settings with the environment's value (for secrets such as
+    ``sasl.password``, which then never sit in the file)."""
+    for group in ("settings", "consumer_settings", "producer_settings"):
+        values = kafka.get(group)
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if isinstance(value, str) and "${" in value:
+
+                def sub(m: re.Match[str], key: str = key, group: str = group) -> str:
+                    var = m.group(1)
+                    if var not in os.environ:
+                        raise ConfigError(f"{source}: kafka.{group}.{key} refers to ${{{var}}}, which is not set")
+                    return os.environ[var]
+
+                values[key] = _ENV.sub(sub, value)
+
+
 def load_topology(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Topology:
     """Read, merge ``overrides`` into, and validate a topology file.
 
@@ -119,6 +143,8 @@ def load_topology(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: a topology is a mapping at the top level")
     data = _merge(raw, overrides or {})
+    if isinstance(data.get("kafka"), dict):
+        _expand_env(data["kafka"], str(file))
     base = file.resolve().parent
     for site in data.get("sites") or []:
         if not isinstance(site, dict):
