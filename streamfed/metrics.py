@@ -61,6 +61,16 @@ GPU_STEP = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
 )
 
+SITE_CPU = Counter(
+    "streamfed_site_cpu_seconds_total", "Site process CPU time reported with updates", ["topology", "site"]
+)
+SITE_GPU = Counter(
+    "streamfed_site_gpu_seconds_total", "Wall time of GPU steps reported with updates", ["topology", "site"]
+)
+SITE_GPU_ENERGY = Counter(
+    "streamfed_site_gpu_energy_joules_total", "GPU energy measured by NVML (absent without NVML)", ["topology", "site"]
+)
+
 # Aggregator
 AGG_VERSION = Gauge(
     "streamfed_aggregator_model_version", "Latest committed global model version", ["topology", "model"]
@@ -75,6 +85,15 @@ AGG_STALENESS = Histogram(
     "Versions between an update's base and the current version",
     ["topology"],
     buckets=(0, 1, 2, 3, 5, 8, 13, 21, 34),
+)
+AGG_ENERGY = Counter(
+    "streamfed_aggregator_energy_joules_total", "Estimated energy of the versions committed", ["topology", "model"]
+)
+AGG_CO2E = Counter(
+    "streamfed_aggregator_co2e_grams_total", "Estimated CO2e of the versions committed", ["topology", "model"]
+)
+AGG_VERSION_ENERGY = Gauge(
+    "streamfed_aggregator_version_energy_joules", "Estimated energy of the latest version", ["topology", "model"]
 )
 AGG_BUFFER = Gauge("streamfed_aggregator_buffer_updates", "Accepted updates waiting for the next version", ["topology"])
 UPDATE_TO_VERSION = Histogram(

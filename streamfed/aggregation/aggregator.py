@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from streamfed import metrics as M
 from streamfed.aggregation.checkpoint import AggregatorState, Checkpoint
 from streamfed.aggregation.fedbuff import FedBuff, PendingUpdate
+from streamfed.energy import CpuClock, estimate
 from streamfed.errors import AggregationError, SerializationError, SignatureError
 from streamfed.kafka.clients import make_consumer, make_producer
 from streamfed.kafka.deadletters import DeadLetterSink
@@ -32,7 +33,7 @@ from streamfed.registry.local import LocalRegistry
 from streamfed.registry.reader import read_latest
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.tensors import params_from_bytes, params_to_bytes, sha256_hex
-from streamfed.topology.spec import AggregationSpec, KafkaSpec
+from streamfed.topology.spec import AggregationSpec, EnergySpec, KafkaSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class ModelInfo:
     initial_params: np.ndarray
     delta: float
     max_update_norm: float
+    energy: EnergySpec = field(default_factory=EnergySpec)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Aggregator:
         self.group_id = f"streamfed.{model.topology}.aggregator"
         self.transactional_id = f"streamfed.{model.topology}.aggregator"
         self.run_id = uuid.uuid4().hex
+        self.cpu = CpuClock()
         self.stop_event = threading.Event()
         self.report = AggregatorReport()
         self._labels = {"topology": model.topology}
@@ -323,6 +326,9 @@ class Aggregator:
             epsilon_spent=float(upd["epsilon_spent"]),
             noise_std=float(upd["noise_std"]),
             clip_norm=float(upd["clip_norm"]),
+            cpu_seconds=float(upd["cpu_seconds"]),
+            gpu_seconds=float(upd["gpu_seconds"]),
+            gpu_energy_joules=None if upd["gpu_energy_joules"] is None else float(upd["gpu_energy_joules"]),
             staleness=staleness,
         )
 
@@ -372,12 +378,32 @@ class Aggregator:
                 }
                 for u in used
             ],
+            "cost": self._cost(used),
             "rule": self.fedbuff.rule.name,
             "server_learning_rate": self.spec.server_learning_rate,
             "delta": self.model.delta,
             "quality": {},
             "producer_id": self.transactional_id,
             "run_id": self.run_id,
+        }
+
+    def _cost(self, used: list[PendingUpdate]) -> dict[str, Any]:
+        """What the version cost: the sites' CPU/GPU time reported with its updates, this
+        aggregator's CPU time since the previous version, and the energy and CO2e estimate."""
+        site_cpu = sum(u.cpu_seconds for u in used)
+        site_gpu = sum(u.gpu_seconds for u in used)
+        agg_cpu = self.cpu.read() if used else 0.0
+        measured = [u.gpu_energy_joules for u in used if u.gpu_energy_joules is not None]
+        gpu_j = sum(measured) if measured else None
+        unmeasured_gpu = sum(u.gpu_seconds for u in used if u.gpu_energy_joules is None)
+        joules, co2e = estimate(self.model.energy, site_cpu + agg_cpu, unmeasured_gpu, gpu_j or 0.0)
+        return {
+            "site_cpu_seconds": site_cpu,
+            "site_gpu_seconds": site_gpu,
+            "aggregator_cpu_seconds": agg_cpu,
+            "gpu_energy_joules_measured": gpu_j,
+            "energy_joules": joules,
+            "co2e_grams": co2e,
         }
 
     def _lineage_record(self, record: dict[str, Any], used: list[PendingUpdate]) -> dict[str, Any]:
@@ -403,6 +429,7 @@ class Aggregator:
                 }
                 for u in used
             ],
+            "cost": record["cost"],
             "producer_id": record["producer_id"],
             "run_id": record["run_id"],
         }
@@ -429,6 +456,10 @@ class Aggregator:
             self.report.version = version
             M.AGG_VERSIONS.labels(**self._labels, model=self.model.name).inc()
             M.AGG_VERSION.labels(**self._labels, model=self.model.name).set(version)
+            cost = record["cost"]
+            M.AGG_ENERGY.labels(**self._labels, model=self.model.name).inc(cost["energy_joules"])
+            M.AGG_CO2E.labels(**self._labels, model=self.model.name).inc(cost["co2e_grams"])
+            M.AGG_VERSION_ENERGY.labels(**self._labels, model=self.model.name).set(cost["energy_joules"])
             log.info(
                 "version %d from %d updates (%s)",
                 version,

@@ -34,6 +34,7 @@ def build_aggregator(topo: Topology) -> Aggregator:
         initial_params=params,
         delta=topo.privacy.delta,
         max_update_norm=limit,
+        energy=topo.energy,
     )
     topics = AggregatorTopics(topo.updates_topic, topo.models_topic, topo.lineage_topic, topo.rejected_topic)
     verifier = FileKeyring({s.id: topo.public_key_path(s) for s in topo.sites})

@@ -40,6 +40,9 @@ class PendingUpdate:
     epsilon_spent: float = 0.0
     noise_std: float = 0.0
     clip_norm: float = 0.0
+    cpu_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    gpu_energy_joules: float | None = None
     staleness: int = 0
     weight: float = 0.0
 

@@ -80,6 +80,8 @@ def list_(
             "updates": len(v["contributions"]),
             "sites": sorted({c["site_id"] for c in v["contributions"]}),
             "max_epsilon": max((c["epsilon_spent"] for c in v["contributions"]), default=0.0),
+            "energy_joules": v["cost"]["energy_joules"],
+            "co2e_grams": v["cost"]["co2e_grams"],
             "params_sha256": v["params_sha256"][:12],
         }
         for v in versions
@@ -88,7 +90,7 @@ def list_(
         print(json.dumps(rows, indent=1))
         return
     t = Table(title=f"{len(rows)} versions")
-    for col in ("version", "parent", "created", "updates", "sites", "max ε", "sha256"):
+    for col in ("version", "parent", "created", "updates", "sites", "max ε", "energy J", "CO2e g", "sha256"):
         t.add_column(col)
     for r in rows:
         t.add_row(
@@ -98,6 +100,8 @@ def list_(
             str(r["updates"]),
             ",".join(r["sites"]),
             f"{r['max_epsilon']:.2f}",
+            f"{r['energy_joules']:.1f}",
+            f"{r['co2e_grams']:.4f}",
             r["params_sha256"],
         )
     out.print(t)

@@ -30,6 +30,9 @@ SIGNED_FIELDS = (
     "epsilon_spent",
     "delta",
     "first_event_ms",
+    "cpu_seconds",
+    "gpu_seconds",
+    "gpu_energy_joules",
     "key_id",
 )
 DOMAIN = b"streamfed.update.v1\n"

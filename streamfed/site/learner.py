@@ -22,6 +22,7 @@ from river import drift
 from river import metrics as rmetrics
 
 from streamfed import metrics as M
+from streamfed.energy import CpuClock, GpuEnergyMeter
 from streamfed.errors import PrivacyBudgetExceeded
 from streamfed.learners.model import SiteModel, initial_params
 from streamfed.learners.torch_mlp import ReplayBuffer
@@ -162,6 +163,10 @@ class SiteLearner:
         self._last_publish = clock()
         self._since_step = 0
         self._last_step = clock()
+        self.cpu = CpuClock()
+        on_gpu = self.model.deep is not None and self.model.deep.device.type == "cuda"
+        self.gpu_energy = GpuEnergyMeter() if on_gpu else None
+        self._gpu_seconds = 0.0
         M.SITE_EPSILON.labels(**self.labels).set(ledger.spent)
         M.SITE_EPSILON_RECORD.labels(**self.labels).set(self.report.epsilon_per_record)
         M.SITE_BUDGET_EXHAUSTED.labels(**self.labels).set(0)
@@ -229,6 +234,8 @@ class SiteLearner:
         if self._since_step < d.step_every_records and self.clock() - self._last_step < d.step_every_seconds:
             return False
         deep.train_steps(self.replay, d.steps, d.batch_size, self.sample_rng)
+        if deep.device.type == "cuda":
+            self._gpu_seconds += deep.last_step_seconds * d.steps
         M.GPU_STEP.labels(**self.labels, device=deep.device.type).observe(deep.last_step_seconds)
         self.report.deep_steps += d.steps
         self._since_step = 0
@@ -279,6 +286,13 @@ class SiteLearner:
         spent = self.ledger.record(seq, self.sigma, C, self.window_examples)
         assert abs(spent - eps_after) < 1e-9
         now_ms = int(time.time() * 1000)
+        cpu_s, gpu_s = self.cpu.read(), self._gpu_seconds
+        gpu_j = self.gpu_energy.read() if self.gpu_energy is not None else None
+        self._gpu_seconds = 0.0
+        M.SITE_CPU.labels(**self.labels).inc(cpu_s)
+        M.SITE_GPU.labels(**self.labels).inc(gpu_s)
+        if gpu_j is not None:
+            M.SITE_GPU_ENERGY.labels(**self.labels).inc(gpu_j)
         record: dict[str, Any] = {
             "topology": self.topology,
             "model": self.spec.name,
@@ -294,6 +308,9 @@ class SiteLearner:
             "epsilon_spent": spent,
             "delta": self.privacy.delta,
             "first_event_ms": self.window_first_ms or now_ms,
+            "cpu_seconds": cpu_s,
+            "gpu_seconds": gpu_s,
+            "gpu_energy_joules": gpu_j,
         }
         self.signer.sign(record)
         log.info(

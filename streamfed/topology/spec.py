@@ -254,6 +254,14 @@ class SiteSpec(Frozen):
     source: SourceSpec | None = None
 
 
+class EnergySpec(Frozen):
+    """Factors that turn measured seconds into energy and emissions, per model version."""
+
+    cpu_watts: float = Field(15.0, ge=0, description="power of one fully busy CPU core")
+    gpu_watts: float = Field(300.0, ge=0, description="GPU power when NVML cannot measure energy")
+    grid_g_co2e_per_kwh: float = Field(400.0, ge=0, description="grid carbon intensity, grams CO2e per kWh")
+
+
 class MetricsSpec(Frozen):
     aggregator_port: int | None = Field(None, ge=0, le=65535, description="/metrics port of `streamfed aggregator`")
 
@@ -267,6 +275,7 @@ class Topology(Frozen):
     aggregation: AggregationSpec = AggregationSpec()
     kafka: KafkaSpec = KafkaSpec()
     metrics: MetricsSpec = MetricsSpec()
+    energy: EnergySpec = EnergySpec()
     sites: list[SiteSpec] = Field(min_length=1)
     state_dir: Path = Field(
         Path(".streamfed"), description="checkpoints, ledgers and keys live under <state_dir>/<name>"
