@@ -34,6 +34,9 @@ def _update(seq: int) -> dict:
         "epsilon_spent": 0.5,
         "delta": 1e-6,
         "first_event_ms": 1,
+        "cpu_seconds": 0.1,
+        "gpu_seconds": 0.0,
+        "gpu_energy_joules": None,
     }
 
 
