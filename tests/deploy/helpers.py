@@ -71,6 +71,15 @@ def streamfed_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in compose["services"].items() if "build" in svc}
 
 
+def streamfed_commands(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run a ``streamfed`` command (the image's entrypoint, not overridden)."""
+    return {
+        name: svc
+        for name, svc in streamfed_services(compose).items()
+        if (svc.get("entrypoint") or ["streamfed"]) == ["streamfed"]
+    }
+
+
 def is_one_shot(svc: dict[str, Any]) -> bool:
     return str(svc.get("restart", "no")).split(":")[0] in ("no", "on-failure")
 

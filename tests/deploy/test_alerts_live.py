@@ -30,7 +30,7 @@ from tests.deploy.helpers import (
     run_env,
     start,
     stop,
-    streamfed_services,
+    streamfed_commands,
     wait_for,
 )
 
@@ -85,7 +85,7 @@ def prometheus_config(cmds: dict[str, LocalCommand]) -> dict[str, Any]:
 def test_tiny_budget_and_a_stopped_site_fire_their_alerts(tmp_path: Path) -> None:
     prom_bin = prometheus_binary()
     compose = load_compose()
-    ours = {n: s for n, s in streamfed_services(compose).items() if (s.get("entrypoint") or ["streamfed"]) == ["streamfed"]}
+    ours = streamfed_commands(compose)
     state, logs, prom_dir = tmp_path / "state", tmp_path / "logs", tmp_path / "prometheus"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with EmbeddedBroker(log_file=tmp_path / "broker.log") as broker:
@@ -151,7 +151,7 @@ def test_tiny_budget_and_a_stopped_site_fire_their_alerts(tmp_path: Path) -> Non
 
             for name, proc in procs.items():
                 assert proc.poll() is None, f"{name} exited with code {proc.returncode}"
-            wait_for(lambda: firing("PrivacyBudgetExhausted") >= set(SITES), 180, "PrivacyBudgetExhausted for every site")
+            wait_for(lambda: firing("PrivacyBudgetExhausted") >= set(SITES), 180, "budget alerts for every site")
 
             assert STOPPED_SITE not in firing("SiteSilent")
             assert stop(procs[f"site-{STOPPED_SITE}"]) == 0

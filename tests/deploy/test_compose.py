@@ -35,6 +35,7 @@ from tests.deploy.helpers import (
     scrape,
     start,
     stop,
+    streamfed_commands,
     streamfed_services,
     tail,
     wait_for,
@@ -174,7 +175,7 @@ def _wait_metrics(port: int, expected: set[str], proc: subprocess.Popen[bytes], 
 @pytest.mark.kafka
 def test_every_streamfed_service_command_runs_by_hand_on_the_embedded_broker(tmp_path: Path) -> None:
     compose = load_compose()
-    ours = {n: s for n, s in streamfed_services(compose).items() if (s.get("entrypoint") or ["streamfed"]) == ["streamfed"]}
+    ours = streamfed_commands(compose)
     state, logs = tmp_path / "state", tmp_path / "logs"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     with EmbeddedBroker(log_file=tmp_path / "broker.log") as broker:
@@ -187,9 +188,7 @@ def test_every_streamfed_service_command_runs_by_hand_on_the_embedded_broker(tmp
             for site in SITES:
                 assert (state / "fraud" / "keys" / f"{site}.key").exists()
             # the long-running services
-            cmds = {
-                n: localize(n, s, broker.bootstrap, state) for n, s in ours.items() if not is_one_shot(s)
-            }
+            cmds = {n: localize(n, s, broker.bootstrap, state) for n, s in ours.items() if not is_one_shot(s)}
             assert set(cmds) == {"aggregator", "simulator", *(f"site-{s}" for s in SITES)}
             for name, cmd in cmds.items():
                 procs[name] = start(cmd, logs, tmp_path)

@@ -87,9 +87,7 @@ def test_provisioning_points_at_the_compose_prometheus_and_dashboard_folder() ->
     ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (source,) = ds["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    uids = {
-        t["datasource"]["uid"] for p in panels(dashboard()) for t in p.get("targets", []) if "datasource" in t
-    }
+    uids = {t["datasource"]["uid"] for p in panels(dashboard()) for t in p.get("targets", []) if "datasource" in t}
     assert uids == {source["uid"]}
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "streamfed.yml").read_text())
     (provider,) = providers["providers"]
