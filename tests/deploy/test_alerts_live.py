@@ -82,6 +82,7 @@ def prometheus_config(cmds: dict[str, LocalCommand]) -> dict[str, Any]:
     return cfg
 
 
+@pytest.mark.timeout(900)  # every wait inside is bounded; this only keeps pytest-timeout's 300 s out of the way
 def test_tiny_budget_and_a_stopped_site_fire_their_alerts(tmp_path: Path) -> None:
     prom_bin = prometheus_binary()
     compose = load_compose()

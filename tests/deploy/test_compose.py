@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from streamfed.broker import EmbeddedBroker
+from streamfed.topology import load_topology
 from tests.deploy.helpers import (
     COMPOSE_FILE,
     PROMETHEUS_DIR,
@@ -119,7 +120,13 @@ def test_compose_services_have_pinned_images_restart_policies_health_checks_and_
         for container, host in bind_mounts(svc).items():
             assert host.exists(), f"{name} mounts {host} at {container}; it is not in the repository"
     assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    kafka_env = services["kafka"]["environment"]
+    assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    # Kafka refuses consumers whose session timeout is below the broker's minimum
+    topology = ours["aggregator"]["command"][ours["aggregator"]["command"].index("-t") + 1]
+    session_ms = load_topology(topology).kafka.consumer_settings.get("session.timeout.ms")
+    if session_ms is not None:
+        assert int(kafka_env.get("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", 6000)) <= int(session_ms)
     # every service that talks to Kafka waits for the topics (and through them for a healthy broker)
     for name, svc in ours.items():
         args = command_of(svc)
@@ -173,6 +180,7 @@ def _wait_metrics(port: int, expected: set[str], proc: subprocess.Popen[bytes], 
 
 
 @pytest.mark.kafka
+@pytest.mark.timeout(900)  # every wait inside is bounded; this only keeps pytest-timeout's 300 s out of the way
 def test_every_streamfed_service_command_runs_by_hand_on_the_embedded_broker(tmp_path: Path) -> None:
     compose = load_compose()
     ours = streamfed_commands(compose)
@@ -210,7 +218,6 @@ def test_every_streamfed_service_command_runs_by_hand_on_the_embedded_broker(tmp
             )
             from streamfed.registry import read_topic
             from streamfed.serde.avro import AvroCodec
-            from streamfed.topology import load_topology
 
             topo = load_topology("fraud", {"kafka": {"bootstrap_servers": broker.bootstrap}})
             versions = [r for _, r in read_topic(topo.kafka, topo.models_topic, AvroCodec("model_version"))]
