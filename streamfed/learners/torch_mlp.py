@@ -97,6 +97,7 @@ class TorchMLPLearner:
                 bound = 1.0 / np.sqrt(p.shape[-1]) if p.dim() > 1 else 0.01
                 p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
         self.net.to(self.device)
+        self.n_params = sum(p.numel() for p in self.net.parameters())
         self.learning_rate = learning_rate
         self.loss = nn.BCEWithLogitsLoss()
         self.reset_optimizer()
@@ -115,7 +116,12 @@ class TorchMLPLearner:
         return vec.detach().to("cpu", torch.float32).numpy().copy()
 
     def set_params(self, params: Vector) -> None:
-        t = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32)).to(self.device)
+        flat = np.asarray(params, dtype=np.float32).reshape(-1)
+        if flat.size != self.n_params:
+            raise ValueError(f"expected {self.n_params} parameters, got {flat.size}")
+        # Copy: torch.from_numpy shares memory, and vector_to_parameters makes the parameters views of
+        # the tensor, so without a copy every optimizer step would write into the caller's array.
+        t = torch.from_numpy(flat.copy()).to(self.device)
         with torch.no_grad():
             torch.nn.utils.vector_to_parameters(t, self.net.parameters())
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
 
 from streamfed.errors import SchemaError, SerializationError
 from streamfed.topology.loader import SCHEMA_DIR
@@ -87,8 +88,11 @@ class AvroCodec:
         buf = io.BytesIO()
         buf.write(self._header)
         try:
+            # The writer alone coerces wrong types (None -> False, "12.0" -> 12.0) and writes ints no
+            # 32-bit reader can read; validate first so a record decodes as what was encoded.
+            validate(record, self.schema, raise_errors=True, strict=False)
             fastavro.schemaless_writer(buf, self.schema, record, strict_allow_default=True)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, ValidationError) as exc:
             raise SerializationError(f"record does not match schema {self.name}: {exc}") from exc
         return buf.getvalue()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -36,12 +37,13 @@ def resolve_topology_path(name_or_path: str | Path) -> Path:
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+    """A new tree: ``base`` with ``overrides`` laid over it; neither input is modified."""
+    out = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 

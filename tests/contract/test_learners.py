@@ -36,17 +36,6 @@ FACTORIES: dict[str, Callable[[], tuple[Learner, int, int]]] = {
     "site_model": _site,
 }
 
-_ALIASES = pytest.mark.xfail(
-    reason="TorchMLPLearner.set_params keeps a view of the caller's array on CPU: torch.from_numpy shares "
-    "memory, .to('cpu') does not copy and vector_to_parameters makes the parameters views of it",
-    strict=True,
-)
-_NO_SIZE_CHECK = pytest.mark.xfail(
-    reason="TorchMLPLearner.set_params does not check the size: extra values are silently ignored and a "
-    "short vector raises RuntimeError from torch instead of ValueError",
-    strict=True,
-)
-
 
 def _learners(**marks: pytest.MarkDecorator) -> list[Any]:
     return [pytest.param(name, marks=marks[name]) if name in marks else name for name in FACTORIES]
@@ -127,7 +116,7 @@ def test_get_params_returns_a_copy(name: str) -> None:
     np.testing.assert_array_equal(learner.get_params(), kept)
 
 
-@pytest.mark.parametrize("name", _learners(torch_mlp=_ALIASES, site_model=_ALIASES))
+@pytest.mark.parametrize("name", _learners())
 def test_set_params_copies_its_input(name: str) -> None:
     learner, _, _ = _build(name)
     params = np.random.default_rng(4).normal(size=learner.get_params().size).astype(np.float32)
@@ -137,7 +126,7 @@ def test_set_params_copies_its_input(name: str) -> None:
     np.testing.assert_array_equal(learner.get_params(), kept)
 
 
-@pytest.mark.parametrize("name", _learners(torch_mlp=_ALIASES, site_model=_ALIASES))
+@pytest.mark.parametrize("name", _learners())
 def test_learning_does_not_write_into_the_array_given_to_set_params(name: str) -> None:
     """The site keeps its global base in the array it hands to set_params (SiteLearner.base)."""
     learner, dim, _ = _build(name)
@@ -199,7 +188,7 @@ def test_predict_proba_many_gives_probabilities(name: str, n: int) -> None:
     assert ((p >= 0.0) & (p <= 1.0)).all()
 
 
-@pytest.mark.parametrize("name", _learners(torch_mlp=_NO_SIZE_CHECK))
+@pytest.mark.parametrize("name", _learners())
 @pytest.mark.parametrize("change", [-1, 1])
 def test_set_params_with_the_wrong_size_raises_value_error(name: str, change: int) -> None:
     learner, _, _ = _build(name)

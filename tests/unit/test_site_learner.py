@@ -36,11 +36,6 @@ def test_the_online_part_of_the_delta_moves(learner: SiteLearner) -> None:
     assert np.abs(delta[:n_online]).max() > 0.01
 
 
-@pytest.mark.xfail(
-    reason="TorchMLPLearner.set_params aliases SiteLearner.base on CPU: Adam steps write into base and into "
-    "global_model, so the deep part of every delta is exactly zero",
-    strict=True,
-)
 def test_deep_steps_show_in_the_delta_and_not_in_the_base(learner: SiteLearner) -> None:
     n_online = learner.model.featurizer.dim + 1
     version0 = initial_params(learner.spec)

@@ -127,11 +127,6 @@ def test_kafka_settings_with_an_unset_variable_fail(monkeypatch: pytest.MonkeyPa
         load_topology("fraud", {"kafka": {"settings": {"sasl.password": "${STREAMFED_TEST_UNSET}"}}})
 
 
-@pytest.mark.xfail(
-    reason="load_topology mutates the caller's overrides: _merge stores override sub-dicts by reference, "
-    "then _expand_env writes the expanded secret into them (and source paths are rewritten in place)",
-    strict=True,
-)
 def test_overrides_are_not_mutated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMFED_TEST_SECRET", "s3cret")
     overrides = {"kafka": {"settings": {"sasl.password": "${STREAMFED_TEST_SECRET}"}}}
