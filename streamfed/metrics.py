@@ -45,6 +45,21 @@ SITE_DRIFT = Counter(
     ["topology", "site"],
 )
 SITE_UPDATES = Counter("streamfed_site_updates_published_total", "Private updates published", ["topology", "site"])
+SITE_UPDATES_PENDING = Gauge(
+    "streamfed_site_updates_pending",
+    "Updates made but not yet delivered to the broker (kept and produced again once it is back)",
+    ["topology", "site"],
+)
+SITE_UPDATES_DROPPED = Counter(
+    "streamfed_site_updates_dropped_total",
+    "Undelivered updates dropped because more than the kept maximum were waiting",
+    ["topology", "site"],
+)
+SITE_PRODUCER_RECREATED = Counter(
+    "streamfed_site_producer_recreations_total",
+    "Producers rebuilt after a failed delivery or a fatal producer error",
+    ["topology", "site"],
+)
 SITE_BASE_VERSION = Gauge(
     "streamfed_site_base_version", "Global version the site's model is based on", ["topology", "site"]
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -94,12 +95,29 @@ class EmbeddedBroker:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
         proc.terminate()
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    def restart(self, timeout_s: float = 15.0) -> str:
+        """Stop, then start again on the same port. Memory storage keeps nothing, so what comes back
+        is a new, empty cluster, and it says so with a new cluster id."""
+        self.stop()
+        self.cluster_id = f"streamfed-{uuid.uuid4().hex[:12]}"
+        return self.start(timeout_s)
+
+    def pause(self) -> None:
+        """Freeze the broker process (SIGSTOP): clients see a broker that stops answering, data kept."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     @property
     def running(self) -> bool:

@@ -63,6 +63,12 @@ class SiteModel:
         return (self.blend * p_online + (1 - self.blend) * p_deep).astype(np.float32)
 
     def learn_many(self, X: Matrix, y: Vector) -> None:
+        """Learn the labelled rows; a row with a non-finite feature or label (NaN: unknown) is skipped."""
+        keep = np.isfinite(X).all(axis=1) & np.isfinite(y)
+        if not keep.all():
+            X, y = X[keep], y[keep]
+        if len(y) == 0:
+            return
         self.online.learn_many(X, y)
         if self.deep is not None:
             self.deep.learn_many(X, y)

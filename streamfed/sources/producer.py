@@ -8,10 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
-
 from streamfed import metrics as M
-from streamfed.kafka.clients import make_producer
+from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
 from streamfed.topology.spec import KafkaSpec
 
@@ -32,29 +30,28 @@ def pace(rate: float, tick_s: float = 0.05, stop: threading.Event | None = None)
 
 
 class RecordProducer:
-    """Encodes records with the topology's schema and produces them keyed by their id."""
+    """Encodes records with the topology's schema and produces them keyed by their id.
 
-    def __init__(self, kafka: KafkaSpec, schema: str, topology: str, key_field: str) -> None:
+    Records the broker does not take (it is away, or the producer hit a fatal error) are kept, at
+    most ``max_pending``, and produced again once it is back; ``errors`` counts those dropped beyond.
+    """
+
+    def __init__(
+        self, kafka: KafkaSpec, schema: str, topology: str, key_field: str, max_pending: int = 200_000
+    ) -> None:
         self.codec = AvroCodec(schema)
-        self.producer: Producer = make_producer(kafka)
+        self.producer = ResilientProducer(kafka, f"{topology} records", max_pending=max_pending, on_drop=self._dropped)
         self.topology = topology
         self.key_field = key_field
         self.errors = 0
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self.errors += 1
-            log.warning("delivery failed: %s", err)
+    def _dropped(self) -> None:
+        self.errors += 1
 
     def send(self, topic: str, site: str, records: list[dict[str, Any]]) -> None:
         for rec in records:
             key = str(rec.get(self.key_field, "")).encode()
-            while True:
-                try:
-                    self.producer.produce(topic, key=key, value=self.codec.encode(rec), on_delivery=self._on_delivery)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
+            self.producer.produce(topic, key=key, value=self.codec.encode(rec))
         self.producer.poll(0)
         M.PRODUCED.labels(topology=self.topology, site=site).inc(len(records))
 

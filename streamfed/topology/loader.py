@@ -97,7 +97,10 @@ def schema_fields(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, 
 
 
 def _check_against_schema(topo: Topology, source: str) -> None:
-    fields = schema_fields(topo.model.record_schema)
+    try:
+        fields = schema_fields(topo.model.record_schema)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: invalid topology\n  {exc}") from exc
     problems = []
     for name in topo.model.features.input_fields():
         if name not in fields:
@@ -152,7 +155,7 @@ def load_topology(path: str | Path, overrides: Mapping[str, Any] | None = None) 
         if not isinstance(site, dict):
             continue
         src = site.get("source")
-        if isinstance(src, dict) and "path" in src and not Path(src["path"]).is_absolute():
+        if isinstance(src, dict) and isinstance(src.get("path"), str) and not Path(src["path"]).is_absolute():
             src["path"] = str((base / src["path"]).resolve())
         for key in ("public_key", "private_key"):
             if isinstance(site.get(key), str) and not Path(site[key]).is_absolute():
