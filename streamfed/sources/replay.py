@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import random
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,16 @@ def read_source_rows(
         if spec.shuffle_seed is not None:
             rows = list(reader)
             random.Random(spec.shuffle_seed).shuffle(rows)
-        for n, row in enumerate(rows):
-            if not row or len(row) < len(header):
-                continue
+        label_at = index[spec.label_column]
+        rows = (r for r in rows if r and len(r) >= len(header))
+        for n, (row, label_cell) in enumerate(_lead_labels(rows, label_at, spec.label_lead)):
             if any(row[index[c]].strip() not in allowed for c, allowed in spec.where.items()):
                 continue
             rec: dict[str, Any] = {id_field: f"{site_id}-{n}", "site_id": site_id, "event_time": 0}
             for f, c in mapping.items():
                 rec[f] = _convert(row[index[c]], schema_fields[f], na, f)
-            raw = row[index[spec.label_column]].strip()
-            if raw in na:
+            raw = "" if label_cell is None else label_cell.strip()
+            if label_cell is None or raw in na:
                 rec[label_field] = None
             elif spec.label_positive is not None:
                 rec[label_field] = raw in spec.label_positive
@@ -78,3 +79,18 @@ def read_source_rows(
                 assert spec.label_threshold is not None
                 rec[label_field] = float(raw) > spec.label_threshold
             yield rec
+
+
+def _lead_labels(rows: Iterable[list[str]], label_at: int, lead: int) -> Iterator[tuple[list[str], str | None]]:
+    """Each row with the label cell of the row ``lead`` rows later (None past the end)."""
+    if lead == 0:
+        for row in rows:
+            yield row, row[label_at]
+        return
+    pending: deque[list[str]] = deque()
+    for row in rows:
+        pending.append(row)
+        if len(pending) > lead:
+            yield pending.popleft(), row[label_at]
+    for row in pending:
+        yield row, None

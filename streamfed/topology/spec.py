@@ -233,12 +233,20 @@ class SourceSpec(Frozen):
     shuffle_seed: int | None = Field(
         None, description="replay rows in a seeded random order (for files with no time order)"
     )
+    label_lead: int = Field(
+        0,
+        ge=0,
+        description="take the label from the file row this many rows later (forecasting the next hour "
+        "in an hourly file); the last rows have a null label",
+    )
     rate: PositiveFloat = Field(200.0, description="records per second")
 
     @model_validator(mode="after")
     def _check(self) -> SourceSpec:
         if (self.label_positive is None) == (self.label_threshold is None):
             raise ValueError("give exactly one of label_positive (values) or label_threshold (number)")
+        if self.label_lead and self.shuffle_seed is not None:
+            raise ValueError("label_lead needs the file's order; leave out shuffle_seed")
         if not self.header and not self.columns:
             raise ValueError("a file without a header needs columns")
         return self

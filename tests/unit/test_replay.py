@@ -198,3 +198,18 @@ def test_missing_file_raises(tmp_path: Path) -> None:
     spec = SourceSpec(path=tmp_path / "absent.csv", label_column="label", label_positive=["yes"])
     with pytest.raises(ConfigError, match="does not exist"):
         _rows(spec)
+
+
+def test_label_lead_takes_the_label_from_a_later_row(tmp_path: Path) -> None:
+    path = tmp_path / "hourly.csv"
+    path.write_text("hour,PM2.5\n0,10\n1,80\n2,NA\n3,90\n")
+    spec = SourceSpec(path=path, fields={"pm25": "PM2.5"}, label_column="PM2.5", label_threshold=75, label_lead=1)
+    fields = {"record_id": "string", "hour": ["null", "double"], "pm25": ["null", "double"], "high": "boolean"}
+    recs = list(read_source_rows(spec, "s", fields, "high", "record_id"))
+    assert [r["pm25"] for r in recs] == [10.0, 80.0, None, 90.0]
+    assert [r["high"] for r in recs] == [True, None, True, None]  # next hour's value; none after the last
+
+
+def test_label_lead_refuses_a_shuffled_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="label_lead"):
+        SourceSpec(path=tmp_path / "x.csv", label_column="y", label_threshold=0, label_lead=1, shuffle_seed=3)

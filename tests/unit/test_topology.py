@@ -283,3 +283,12 @@ def test_other_invalid_values_name_the_path(override: dict[str, Any], path: str,
     msg = str(info.value)
     assert path in msg
     assert text in msg
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "topologies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_topology_validates(path: Path) -> None:
+    topo = load_topology(path)
+    assert topo.name == path.stem
+    for site in topo.sites:
+        if site.source is not None:
+            assert site.source.path.is_absolute()
