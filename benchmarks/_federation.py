@@ -1,0 +1,283 @@
+"""Shared by quality.py and rounds.py: real data sets as per-site streams, and the learning arms.
+
+Everything runs in process on the platform's real code paths: records come from the topology's
+``source`` sections through ``read_source_rows`` (what ``streamfed replay`` produces) and the
+topology's ``Featurizer``; every arm learns with ``SiteLearner`` (river online learner, torch deep
+steps from the replay buffer, prequential scoring); federated updates are made by
+``SiteLearner.make_update`` (clip, Gaussian noise with sigma calibrated by dp-accounting from the
+topology's per-record epsilon, ledger, Ed25519 signature), encoded as Avro, checked by
+``Aggregator.verify`` and combined by the topology's ``FedBuff`` and rule. No broker: time triggers
+are disabled (a stopped clock), so a run is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from streamfed.aggregation.aggregator import Aggregator, Rejected
+from streamfed.aggregation.build import build_aggregator
+from streamfed.learners.features import Featurizer
+from streamfed.privacy.accountant import epsilon_for, resolve_noise_multiplier
+from streamfed.privacy.signing import write_keypair
+from streamfed.serde.avro import AvroCodec
+from streamfed.serde.tensors import params_to_bytes, sha256_hex
+from streamfed.site.build import build_learner
+from streamfed.site.learner import SiteLearner
+from streamfed.sources.replay import read_source_rows
+from streamfed.topology import Topology, load_topology
+from streamfed.topology.loader import schema_fields
+
+NEVER = 1 << 40  # an update trigger that never fires (local-only and centralised arms publish nothing)
+
+
+class _StoppedClock:
+    def __call__(self) -> float:
+        return 0.0
+
+
+@dataclass
+class SiteData:
+    """One site's stream after decoding and featurizing: rows in replay order."""
+
+    site: str
+    X: np.ndarray
+    y: np.ndarray  # NaN where the label is unknown
+    t: np.ndarray  # order key shared by all sites (file row, hour, or position for unordered files)
+    dead: int = 0
+
+
+def load(name: str, overrides: Mapping[str, Any] | None = None, state_dir: Path | None = None) -> Topology:
+    """A shipped topology with its state (keys) under a temporary folder."""
+    state = state_dir or Path(tempfile.mkdtemp(prefix="streamfed-bench-"))
+    return load_topology(name, {**(overrides or {}), "state_dir": str(state)})
+
+
+def load_sites(topo: Topology, max_rows: int | None = None, sites: list[str] | None = None) -> dict[str, SiteData]:
+    """Every site's source file as a featurized stream (dead-lettered records dropped and counted)."""
+    fields = schema_fields(topo.model.record_schema)
+    id_field = next(iter(fields))
+    feat = Featurizer(topo.model.features, topo.model.label)
+    out: dict[str, SiteData] = {}
+    for spec in topo.sites:
+        if sites is not None and spec.id not in sites:
+            continue
+        assert spec.source is not None, f"site {spec.id} has no source"
+        recs = []
+        for rec in read_source_rows(spec.source, spec.id, fields, topo.model.label, id_field):
+            recs.append(rec)
+            if max_rows is not None and len(recs) >= max_rows:
+                break
+        X, y, status = feat.transform(recs)
+        good = np.array([s is True for s in status], dtype=bool)
+        if spec.source.shuffle_seed is not None:  # no time order: interleave sites proportionally
+            t = (np.arange(len(recs)) + 0.5) / max(1, len(recs))
+        else:
+            t = np.array([float(r[id_field].rsplit("-", 1)[1]) for r in recs])
+        out[spec.id] = SiteData(spec.id, X[good], y[good], t[good], dead=int((~good).sum()))
+    return out
+
+
+def schedule(data: Mapping[str, SiteData], chunk: int) -> list[list[tuple[str, int, int]]]:
+    """The pooled stream in order of ``t``, cut into chunks of ``chunk`` records; each chunk lists
+    every site's contiguous slice ``(site, start, end)``."""
+    keys = np.concatenate([d.t for d in data.values()])
+    owner = np.concatenate([np.full(len(d.t), i) for i, d in enumerate(data.values())])
+    order = np.lexsort((owner, keys))
+    names = list(data)
+    pos = dict.fromkeys(names, 0)
+    out = []
+    for start in range(0, len(order), chunk):
+        counts = np.bincount(owner[order[start : start + chunk]], minlength=len(names))
+        part = []
+        for i, n in enumerate(counts.tolist()):
+            if n:
+                s = names[i]
+                part.append((s, pos[s], pos[s] + n))
+                pos[s] += n
+        out.append(part)
+    return out
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC (ties counted half) of scores ``p`` for labels ``y`` in {0, 1}; NaN labels ignored."""
+    keep = ~np.isnan(y)
+    y, p = y[keep], p[keep]
+    pos = int((y == 1).sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    r = rankdata(p)
+    return float((r[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+@dataclass
+class ArmResult:
+    """Prequential scores of one arm: each record scored before it was learnt."""
+
+    name: str
+    scores: dict[str, np.ndarray]
+    versions: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    epsilon_per_record: float | None = None
+    sigma: float | None = None
+
+    def site_auc(self, data: Mapping[str, SiteData]) -> dict[str, float]:
+        return {s: auc(data[s].y, self.scores[s]) for s in data}
+
+    def mean_site_auc(self, data: Mapping[str, SiteData]) -> float:
+        vals = [v for v in self.site_auc(data).values() if not math.isnan(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def pooled_auc(self, data: Mapping[str, SiteData]) -> float:
+        return auc(np.concatenate([data[s].y for s in data]), np.concatenate([self.scores[s] for s in data]))
+
+
+def _learner(topo: Topology, site: str, seed: int, publish: bool) -> SiteLearner:
+    if not publish:
+        topo = topo.model_copy(update={"update": topo.update.model_copy(update={"every_records": NEVER})})
+    return build_learner(
+        topo, site, rng=np.random.default_rng(seed), persist=False, clock=_StoppedClock(), device="cpu"
+    )
+
+
+def _keys(topo: Topology) -> None:
+    for s in topo.sites:
+        if not topo.private_key_path(s).exists():
+            write_keypair(topo.private_key_path(s), topo.public_key_path(s))
+
+
+def _empty_scores(data: Mapping[str, SiteData]) -> dict[str, np.ndarray]:
+    return {s: np.full(len(d.y), np.nan, dtype=np.float32) for s, d in data.items()}
+
+
+def run_local(topo: Topology, data: Mapping[str, SiteData], plan: list[list[tuple[str, int, int]]]) -> ArmResult:
+    """Each site learns only its own stream (no updates leave it, so no noise)."""
+    _keys(topo)
+    learners = {s: _learner(topo, s, 1000 + i, publish=False) for i, s in enumerate(data)}
+    scores = _empty_scores(data)
+    for part in plan:
+        for s, a, b in part:
+            lr = learners[s]
+            scores[s][a:b] = lr.learn(data[s].X[a:b], data[s].y[a:b])
+            lr.maybe_step()
+    return ArmResult("local-only", scores)
+
+
+def run_central(topo: Topology, data: Mapping[str, SiteData], plan: list[list[tuple[str, int, int]]]) -> ArmResult:
+    """One learner on the pooled stream, in the same order (the upper bound: no sites, no noise)."""
+    _keys(topo)
+    lr = _learner(topo, next(iter(data)), 999, publish=False)
+    scores = _empty_scores(data)
+    for part in plan:
+        X = np.concatenate([data[s].X[a:b] for s, a, b in part])
+        y = np.concatenate([data[s].y[a:b] for s, a, b in part])
+        t = np.concatenate([data[s].t[a:b] for s, a, b in part])
+        order = np.argsort(t, kind="stable")
+        p = np.empty(len(y), dtype=np.float32)
+        p[order] = lr.learn(X[order], y[order])
+        lr.maybe_step()
+        k = 0
+        for s, a, b in part:
+            scores[s][a:b] = p[k : k + b - a]
+            k += b - a
+    return ArmResult("centralised", scores)
+
+
+class Server:
+    """The aggregator's real checks and FedBuff, driven in process (as ``run_federation`` does)."""
+
+    def __init__(self, topo: Topology) -> None:
+        _keys(topo)
+        self.topo = topo
+        self.agg: Aggregator = build_aggregator(topo)
+        self.codec = AvroCodec("model_update")
+
+    @property
+    def version(self) -> int:
+        return self.agg.state.version
+
+    @property
+    def params(self) -> np.ndarray:
+        return self.agg.state.params
+
+    def submit(self, record: dict[str, Any]) -> bool:
+        """Verify and buffer one update; True when a new version was made."""
+        try:
+            pending = self.agg.verify(self.codec.encode(record), self.topo.updates_topic)
+        except Rejected as rej:
+            self.agg.report.rejected += 1
+            reasons = self.agg.report.rejected_reasons
+            reasons[rej.reason] = reasons.get(rej.reason, 0) + 1
+            return False
+        self.agg.report.accepted += 1
+        if not self.agg.fedbuff.add(pending):
+            return False
+        params, _used = self.agg.fedbuff.aggregate(self.agg.state.params, self.agg.state.version)
+        self.agg.state.version += 1
+        self.agg.state.params = params
+        self.agg.report.versions += 1
+        return True
+
+    def sha(self) -> str:
+        return sha256_hex(params_to_bytes(self.params))
+
+
+def run_federated(
+    topo: Topology,
+    data: Mapping[str, SiteData],
+    plan: list[list[tuple[str, int, int]]],
+    seed: int = 0,
+    on_version: Callable[[int], None] | None = None,
+) -> ArmResult:
+    """StreamFed: every site learns its stream and publishes private updates; each new version
+    reaches every site at once. Scores are the global model's, before the site learns the record."""
+    server = Server(topo)
+    root = np.random.default_rng(seed)
+    learners = {s: _learner(topo, s, int(root.integers(1 << 62)), publish=True) for s in data}
+    scores = _empty_scores(data)
+    for part in plan:
+        for s, a, b in part:
+            lr = learners[s]
+            X, y = data[s].X[a:b], data[s].y[a:b]
+            scores[s][a:b] = lr.global_model.predict_proba_many(X)
+            lr.learn(X, y)
+            lr.maybe_step()
+            if not lr.due():
+                continue
+            record = lr.make_update()
+            if record is not None and server.submit(record):
+                sha = server.sha()
+                for other in learners.values():
+                    other.rebase(server.version, server.params, sha)
+                if on_version is not None:
+                    on_version(server.version)
+    sigma = resolve_noise_multiplier(topo.privacy)
+    return ArmResult(
+        "streamfed",
+        scores,
+        versions=server.agg.report.versions,
+        accepted=server.agg.report.accepted,
+        rejected=dict(server.agg.report.rejected_reasons),
+        epsilon_per_record=max(lr.report.epsilon_per_record for lr in learners.values()),
+        sigma=sigma,
+    )
+
+
+def per_record_epsilon(topo: Topology) -> tuple[float, float]:
+    """(sigma calibrated from the topology's target, the accountant's epsilon for k releases)."""
+    sigma = resolve_noise_multiplier(topo.privacy)
+    return sigma, epsilon_for(sigma, topo.privacy.max_updates_per_record, topo.privacy.delta)
+
+
+def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for a in range(0, n, size):
+        yield a, min(n, a + size)
