@@ -48,6 +48,7 @@ def scrape(port: int) -> dict[str, float] | None:
     return out
 
 
+@pytest.mark.timeout(SECONDS + 300)
 def test_ten_sites_at_sustained_rate_keep_lag_bounded_and_memory_flat(topology_factory, tmp_path: Path) -> None:
     sites = [
         {"id": f"bank-{i}", "simulator": {"rate": RATE, "fraud_rate": 0.02 + 0.004 * i, "seed": 100 + i}}
