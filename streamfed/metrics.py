@@ -130,3 +130,35 @@ def serve(port: int | None) -> int | None:
     bound = int(server.server_address[1])
     log.info("metrics on http://127.0.0.1:%d/metrics", bound)
     return bound
+
+
+# Every reason the aggregator rejects an update for (``Rejected.reason``).
+REJECT_REASONS = (
+    "decode",
+    "unknown_site",
+    "unknown_key",
+    "signature",
+    "replay",
+    "wrong_model",
+    "shape",
+    "not_finite",
+    "norm",
+    "future_base",
+    "stale",
+    "metadata",
+    "secure",
+)
+
+
+def start_site(topology: str, site: str) -> None:
+    """Create a site's counters at zero, so rate() and increase() see their first increment."""
+    for counter in (SITE_RECORDS, SITE_LABELLED, SITE_UPDATES, SITE_DRIFT, SITE_UPDATES_DROPPED):
+        counter.labels(topology=topology, site=site)
+
+
+def start_aggregator(topology: str, model: str) -> None:
+    """Create the aggregator's counters at zero, one rejection series per reason."""
+    AGG_VERSIONS.labels(topology=topology, model=model)
+    AGG_ACCEPTED.labels(topology=topology)
+    for reason in REJECT_REASONS:
+        AGG_REJECTED.labels(topology=topology, reason=reason)

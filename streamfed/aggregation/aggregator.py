@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from streamfed import metrics as M
 from streamfed.aggregation.checkpoint import AggregatorState, Checkpoint
 from streamfed.aggregation.fedbuff import FedBuff, PendingUpdate
+from streamfed.aggregation.secure import SecureBuffer
 from streamfed.energy import CpuClock, estimate
 from streamfed.errors import AggregationError, SerializationError, SignatureError
 from streamfed.kafka.clients import make_consumer, make_producer
@@ -99,6 +100,8 @@ class Aggregator:
         topics: AggregatorTopics,
         verifier: UpdateVerifier,
         home: Path,
+        secure: SecureBuffer | None = None,
+        secagg_topic: str | None = None,
     ) -> None:
         self.model = model
         self.spec = spec
@@ -118,6 +121,7 @@ class Aggregator:
         self.stop_event = threading.Event()
         self.report = AggregatorReport()
         self._labels = {"topology": model.topology}
+        M.start_aggregator(model.topology, model.name)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._rejects: DeadLetterSink | None = None
@@ -126,6 +130,11 @@ class Aggregator:
         self.state = AggregatorState(0, model.initial_params.astype(np.float32))
         self._last_seq: dict[str, int] = {}
         self._processed: dict[str, int] = {}
+        self.secure = secure
+        self.secagg_topic = secagg_topic
+        self.secagg_codec = AvroCodec("secagg_message")
+        self._secagg_in: Consumer | None = None
+        self._secagg_out: Producer | None = None
 
     # -- start-up -------------------------------------------------------------------------------
     def _restore(self, cluster_id: str) -> None:
@@ -190,6 +199,13 @@ class Aggregator:
         self._producer = self._new_producer()
         self._rejects = DeadLetterSink(self._producer, self.topics.rejected, "aggregator", None)
         self._announce()
+        if self.secure is not None:
+            assert self.secagg_topic is not None
+            self.secure.reset(self.state.version)
+            # Requests go out at once, outside the version transactions.
+            self._secagg_out = make_producer(self.kafka)
+            self._secagg_in = make_consumer(self.kafka, None)
+            self._secagg_in.assign([TopicPartition(self.secagg_topic, 0, OFFSET_BEGINNING)])
         self._consumer.subscribe([self.topics.updates], on_assign=self._on_assign)
 
     def _announce(self) -> None:
@@ -224,20 +240,29 @@ class Aggregator:
                 if max_versions is not None and self.report.versions >= max_versions:
                     break
                 for msg in self._consumer.consume(500, 0.2):
-                    self.handle(msg)
+                    try:
+                        self.handle(msg)
+                    except KafkaException as exc:  # a produce into a failed transaction, or a fatal producer
+                        self._recover(exc)
+                        break
                     if max_versions is not None and self.report.versions >= max_versions:
                         break
+                if self.secure is not None:
+                    self._secure_step()
                 self._maybe_flush()
-                self.report.buffered = len(self.fedbuff.buffer)
-                M.AGG_BUFFER.labels(**self._labels).set(len(self.fedbuff.buffer))
+                self.report.buffered = self._buffered()
+                M.AGG_BUFFER.labels(**self._labels).set(self.report.buffered)
         finally:
             self.report.seconds = time.monotonic() - t0
             self._close()
         return self.report
 
+    def _buffered(self) -> int:
+        return len(self.fedbuff.buffer) + (len(self.secure) if self.secure is not None else 0)
+
     def _close(self) -> None:
         if self._producer is not None and self._txn_open:
-            if not self.fedbuff.buffer:
+            if not self._buffered():
                 self._commit(self._working_state(self.state.version, self.state.params))
             else:
                 # Buffered updates are not in a version yet: abort, so they are read again next time.
@@ -246,6 +271,12 @@ class Aggregator:
         if self._consumer is not None:
             self._consumer.close()
         self._consumer = None
+        if self._secagg_in is not None:
+            self._secagg_in.close()
+            self._secagg_in = None
+        if self._secagg_out is not None:
+            self._secagg_out.flush(10)
+            self._secagg_out = None
 
     def handle(self, msg: Message) -> None:
         err = msg.error()
@@ -262,7 +293,9 @@ class Aggregator:
         self.report.accepted += 1
         M.AGG_ACCEPTED.labels(**self._labels).inc()
         M.AGG_STALENESS.labels(**self._labels).observe(pending.staleness)
-        if self.fedbuff.add(pending):
+        if self.secure is not None:
+            self.secure.add(pending)
+        elif self.fedbuff.add(pending):
             self._make_version()
 
     def verify(self, value: bytes | None, topic: str = "", partition: int = 0, offset: int = 0) -> PendingUpdate:
@@ -299,6 +332,10 @@ class Aggregator:
             raise Rejected("shape", str(exc)) from exc
         if int(upd["num_params"]) != n:
             raise Rejected("shape", f"num_params {upd['num_params']} != {n}")
+        if self.secure is not None:
+            return self._secure_pending(upd, delta, topic, partition, offset)
+        if upd.get("secure_buffer") is not None:
+            raise Rejected("secure", "a masked update: this topology does not aggregate securely")
         if not np.isfinite(delta).all():
             raise Rejected("not_finite", f"{int((~np.isfinite(delta)).sum())} non-finite parameters")
         norm = float(np.linalg.norm(delta.astype(np.float64)))
@@ -332,10 +369,71 @@ class Aggregator:
             staleness=staleness,
         )
 
+    def _secure_pending(
+        self, upd: dict[str, Any], blob: np.ndarray, topic: str, partition: int, offset: int
+    ) -> PendingUpdate:
+        """A masked update: its values are uint32 (finite-value and norm checks are meaningless on them)."""
+        assert self.secure is not None
+        problem = self.secure.check(upd, self.state.version)
+        if problem is not None:
+            raise Rejected(*problem)
+        if int(upd["num_examples"]) < 0:
+            raise Rejected("metadata", "negative example count")
+        return PendingUpdate(
+            site_id=upd["site_id"],
+            sequence=int(upd["sequence"]),
+            base_version=int(upd["base_version"]),
+            num_examples=int(upd["num_examples"]),
+            delta=blob.view(np.uint32),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            created_ms=int(upd["created_ms"]),
+            first_event_ms=int(upd["first_event_ms"]),
+            epsilon_spent=float(upd["epsilon_spent"]),
+            noise_std=float(upd["noise_std"]),
+            clip_norm=float(upd["clip_norm"]),
+            cpu_seconds=float(upd["cpu_seconds"]),
+            gpu_seconds=float(upd["gpu_seconds"]),
+            gpu_energy_joules=None if upd["gpu_energy_joules"] is None else float(upd["gpu_energy_joules"]),
+            shares=dict(upd["self_mask_shares"]),
+        )
+
+    def _secure_step(self) -> None:
+        """Post (or re-post) the recovery request, read reveals, and make the version once unmasked."""
+        assert self.secure is not None and self._secagg_in is not None and self._secagg_out is not None
+        if self.secure.due():
+            request = self.secure.make_request()
+            self._secagg_out.produce(
+                self.secagg_topic, key=str(request["buffer"]).encode(), value=self.secagg_codec.encode(request)
+            )
+            self._secagg_out.poll(0)
+        for msg in self._secagg_in.consume(200, 0):
+            if msg.error() is not None:
+                continue
+            try:
+                self.secure.add_reveal(self.secagg_codec.decode(msg.value()))
+            except (SerializationError, KeyError) as exc:
+                log.warning("unreadable secure-aggregation message at offset %d: %s", msg.offset(), exc)
+        try:
+            out = self.secure.unmask()
+        except AggregationError as exc:
+            log.warning("secure buffer %d cannot be unmasked yet: %s", self.secure.buffer, exc)
+            return
+        if out is not None:
+            mean, used = out
+            new = self.state.params.astype(np.float64) + self.spec.server_learning_rate * mean
+            self._publish_version(new.astype(np.float32), used)
+
     def _ensure_txn(self) -> None:
         if not self._txn_open:
             assert self._producer is not None
-            self._producer.begin_transaction()
+            try:
+                self._producer.begin_transaction()
+            except KafkaException as exc:  # the producer is in a fatal or abortable state
+                log.warning("cannot begin a transaction (%s); recreating the transactional producer", exc.args[0])
+                self._replace_producer()
+                self._producer.begin_transaction()
             self._txn_open = True
             self._txn_started = time.monotonic()
 
@@ -438,8 +536,11 @@ class Aggregator:
         return AggregatorState(version, params, dict(self._last_seq), dict(self._processed), self.state.cluster_id)
 
     def _make_version(self) -> None:
-        assert self._producer is not None
         new_params, used = self.fedbuff.aggregate(self.state.params, self.state.version)
+        self._publish_version(new_params, used)
+
+    def _publish_version(self, new_params: np.ndarray, used: list[PendingUpdate]) -> None:
+        assert self._producer is not None
         version = self.state.version + 1
         record = self._version_record(version, self.state.version, new_params, used)
         lineage = self._lineage_record(record, used)
@@ -448,6 +549,8 @@ class Aggregator:
         self._producer.produce(self.topics.models, key=key, value=self.version_codec.encode(record))
         self._producer.produce(self.topics.lineage, key=key, value=self.lineage_codec.encode(lineage))
         if self._commit(self._working_state(version, new_params)):
+            if self.secure is not None:
+                self.secure.reset(version)
             self.local.put(record, lineage)
             now = time.time()
             for u in used:
@@ -471,7 +574,7 @@ class Aggregator:
         """Commit rejections and offsets now and then when no version is pending."""
         if (
             self._txn_open
-            and not self.fedbuff.buffer
+            and not self._buffered()
             and time.monotonic() - self._txn_started >= self.spec.commit_interval_seconds
         ):
             self._commit(self._working_state(self.state.version, self.state.params))
@@ -501,20 +604,59 @@ class Aggregator:
         self.report.recoveries += 1
         assert self._producer is not None and self._consumer is not None
         if isinstance(err, KafkaError) and err.fatal():
-            self._producer = self._new_producer()
-            self._rejects = DeadLetterSink(self._producer, self.topics.rejected, "aggregator", None)
+            self._replace_producer()
         else:
             try:
                 self._producer.abort_transaction(60)
             except KafkaException as abort_exc:
                 log.warning("abort failed (%s); recreating the transactional producer", abort_exc)
-                self._producer = self._new_producer()
-                self._rejects = DeadLetterSink(self._producer, self.topics.rejected, "aggregator", None)
+                self._replace_producer()
         self._txn_open = False
+        self._check_cluster()
         self.checkpoint.write(self.state)
         self.fedbuff.buffer.clear()
+        if self.secure is not None:
+            self.secure.reset(self.state.version)
         self._last_seq = dict(self.state.last_sequence)
         self._processed = dict(self.state.offsets)
         for tp in self._consumer.assignment():
             off = self.state.offsets.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, off))
+
+    def _replace_producer(self) -> None:
+        """A new transactional producer (fencing the old one); retried until the broker answers."""
+        while True:
+            try:
+                self._producer = self._new_producer()
+                break
+            except KafkaException as exc:
+                log.warning("cannot initialise the transactional producer (%s); retrying", exc.args[0])
+                if self.stop_event.wait(1.0):
+                    raise
+        self._rejects = DeadLetterSink(self._producer, self.topics.rejected, "aggregator", None)
+
+    def _check_cluster(self) -> None:
+        """A broker that came back without its data (the embedded one keeps nothing) is a new cluster:
+        the old offsets mean nothing there. Keep version and sequences, read its topics from the start,
+        and announce the current version on its empty models topic."""
+        assert self._consumer is not None
+        try:
+            cluster_id = self._consumer.list_topics(timeout=10).cluster_id or ""
+        except KafkaException as exc:
+            log.warning("cannot read the cluster id (%s)", exc.args[0])
+            return
+        if not cluster_id or cluster_id == self.state.cluster_id:
+            return
+        log.warning(
+            "the broker is now cluster %s (was %s): keeping version %d and sequences, reading updates from the start",
+            cluster_id,
+            self.state.cluster_id,
+            self.state.version,
+        )
+        self.state.cluster_id = cluster_id
+        self.state.offsets = {}
+        self.checkpoint.write(self.state)
+        try:
+            self._announce()
+        except KafkaException as exc:
+            log.warning("cannot announce version %d on the new cluster yet (%s)", self.state.version, exc.args[0])

@@ -7,8 +7,10 @@ import math
 from streamfed.aggregation.aggregator import Aggregator, AggregatorTopics, ModelInfo
 from streamfed.aggregation.fedbuff import FedBuff
 from streamfed.aggregation.rules import make_rule
+from streamfed.aggregation.secure import SecureBuffer
 from streamfed.learners.model import SiteModel
 from streamfed.privacy.accountant import resolve_noise_multiplier
+from streamfed.privacy.secagg import SecAggParams, default_bound
 from streamfed.privacy.signing import FileKeyring
 from streamfed.serde.avro import default_registry
 from streamfed.topology.spec import Topology
@@ -39,4 +41,27 @@ def build_aggregator(topo: Topology) -> Aggregator:
     topics = AggregatorTopics(topo.updates_topic, topo.models_topic, topo.lineage_topic, topo.rejected_topic)
     verifier = FileKeyring({s.id: topo.public_key_path(s) for s in topo.sites})
     fedbuff = FedBuff(topo.aggregation, make_rule(topo.aggregation))
-    return Aggregator(info, topo.aggregation, fedbuff, topo.kafka, topics, verifier, topo.home / "aggregator")
+    secure = None
+    if topo.aggregation.secure is not None:
+        secure = SecureBuffer(secagg_params(topo), topo.aggregation.secure.dropout_timeout_seconds, verifier)
+    return Aggregator(
+        info,
+        topo.aggregation,
+        fedbuff,
+        topo.kafka,
+        topics,
+        verifier,
+        topo.home / "aggregator",
+        secure=secure,
+        secagg_topic=topo.secagg_topic,
+    )
+
+
+def secagg_params(topo: Topology) -> SecAggParams:
+    """The secure-aggregation parameters every party of ``topo`` derives alike."""
+    spec = topo.aggregation.secure
+    if spec is None:
+        raise ValueError(f"topology {topo.name} does not enable aggregation.secure")
+    sigma = resolve_noise_multiplier(topo.privacy)
+    bound = spec.bound or default_bound(topo.privacy.clip_norm, sigma, spec.threshold)
+    return SecAggParams(topo.name, tuple(sorted(s.id for s in topo.sites)), spec.threshold, bound)

@@ -45,6 +45,7 @@ class PendingUpdate:
     gpu_energy_joules: float | None = None
     staleness: int = 0
     weight: float = 0.0
+    shares: dict[str, bytes] = field(default_factory=dict)  # secure aggregation: encrypted self-mask shares
 
 
 @dataclass

@@ -40,6 +40,16 @@ def validate(file: Annotated[str, typer.Argument(help="topology YAML file or nam
         f"{epsilon_for(sigma, k, topo.privacy.delta):.3f} at delta = {topo.privacy.delta:g}",
         highlight=False,
     )
+    if topo.aggregation.secure is not None:
+        from streamfed.aggregation.build import secagg_params
+
+        sp = secagg_params(topo)
+        out.print(
+            f"# secure aggregation: cohort {len(sp.cohort)}, threshold t = {sp.threshold}, per-site noise std "
+            f"{sigma * topo.privacy.clip_norm / sp.threshold**0.5:.4f} (sigma C / sqrt(t); every unmasked sum "
+            f"carries >= sigma C), coordinate bound {sp.bound:.4f}, quantisation scale {sp.scale:.4g}",
+            highlight=False,
+        )
     out.print(
         f"# features ({len(topo.model.features.names())}): {', '.join(topo.model.features.names())}", highlight=False
     )
@@ -52,7 +62,8 @@ def generate(
     state_dir: StateDirOpt = None,
     force: Annotated[bool, typer.Option(help="replace existing keys")] = False,
 ) -> None:
-    """Write an Ed25519 key pair for each site (where the topology's key paths point)."""
+    """Write each site's Ed25519 signing key pair and X25519 secure-aggregation key pair."""
+    from streamfed.privacy.secagg import write_x25519_keypair
     from streamfed.privacy.signing import write_keypair
 
     try:
@@ -67,17 +78,22 @@ def generate(
             priv, pub = topo.private_key_path(spec), topo.public_key_path(spec)
             wrote = write_keypair(priv, pub, overwrite=force)
             out.print(f"{spec.id}: {'wrote' if wrote else 'kept'} {priv} and {pub}", highlight=False)
+            xpriv, xpub = topo.secagg_private_key_path(spec), topo.secagg_public_key_path(spec)
+            wrote = write_x25519_keypair(xpriv, xpub, overwrite=force)
+            out.print(f"{spec.id}: {'wrote' if wrote else 'kept'} {xpriv} and {xpub}", highlight=False)
     except StreamfedError as exc:
         raise fail(exc) from exc
 
 
 def ensure_keys(topo_path: str, state_dir: Path | None) -> None:
     """Generate any missing site keys (used by `streamfed up`)."""
+    from streamfed.privacy.secagg import write_x25519_keypair
     from streamfed.privacy.signing import write_keypair
 
     topo = load(topo_path, None, state_dir)
     for spec in topo.sites:
         write_keypair(topo.private_key_path(spec), topo.public_key_path(spec))
+        write_x25519_keypair(topo.secagg_private_key_path(spec), topo.secagg_public_key_path(spec))
 
 
 @topology_app.command("reference")

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import logging
 import time
-
-from confluent_kafka import Message, Producer
+from typing import Protocol
 
 from streamfed.serde.avro import AvroCodec, SchemaRegistry
 
 log = logging.getLogger(__name__)
 
 
+class SourceMessage(Protocol):
+    """The message a dead letter is about, as a confluent-kafka ``Message`` describes itself."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+
+
+class LetterProducer(Protocol):
+    """Where dead letters are produced: a confluent-kafka ``Producer``, or an adapter of another client."""
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None: ...
+
+
 class DeadLetterSink:
+    """Encodes a rejected message with its reason as a ``dead_letter`` record and produces it, keyed by site."""
+
     def __init__(
         self,
-        producer: Producer,
+        producer: LetterProducer,
         topic: str,
         component: str,
         site_id: str | None,
@@ -27,7 +44,7 @@ class DeadLetterSink:
         self.site_id = site_id
         self.codec = AvroCodec("dead_letter", registry)
 
-    def record(self, msg: Message, reason: str, detail: str) -> dict[str, object]:
+    def record(self, msg: SourceMessage, reason: str, detail: str) -> dict[str, object]:
         return {
             "component": self.component,
             "site_id": self.site_id,
@@ -41,7 +58,7 @@ class DeadLetterSink:
             "created_ms": int(time.time() * 1000),
         }
 
-    def send(self, msg: Message, reason: str, detail: str) -> None:
+    def send(self, msg: SourceMessage, reason: str, detail: str) -> None:
         log.info(
             "%s dead letter %s[%s]@%s: %s: %s",
             self.component,

@@ -27,6 +27,9 @@ def topic_plan(topo: Topology) -> list[NewTopic]:
         NewTopic(topo.rejected_topic, 1, rf, config=big),
         NewTopic(topo.dead_letter_topic, 1, rf, config=big),
     ]
+    if topo.aggregation.secure is not None:
+        # Recovery requests and reveals matter for one buffer only: a day of retention is plenty.
+        topics.append(NewTopic(topo.secagg_topic, 1, rf, config={**big, "retention.ms": str(86_400_000)}))
     return topics
 
 

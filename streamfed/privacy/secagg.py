@@ -25,10 +25,12 @@ divided by ``sqrt(threshold)`` relative to per-site noise.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from streamfed.errors import AggregationError
+from streamfed.errors import AggregationError, ConfigError
 
 U32 = npt.NDArray[np.uint32]
 PRIME = 2**521 - 1  # a Mersenne prime: 256-bit seeds are field elements
@@ -182,7 +184,7 @@ class SecAggClient:
         shares = shamir_split(int.from_bytes(seed, "big"), len(self.cohort), self.threshold)
         enc: dict[str, bytes] = {}
         for peer, (x, y) in zip(self.cohort, shares, strict=True):
-            plain = struct.pack(">H", x) + y.to_bytes(66, "big")
+            plain = pack_share((x, y))
             if peer == self.site:
                 self._held[(buffer, self.site)] = (x, y)
                 continue
@@ -199,7 +201,16 @@ class SecAggClient:
         aad = _label(update.buffer, update.site.encode() + b">" + self.site.encode())
         nonce = hashlib.sha256(aad).digest()[:12]
         plain = ChaCha20Poly1305(self._pair[update.site]).decrypt(nonce, blob, aad)
-        self._held[(update.buffer, update.site)] = (struct.unpack(">H", plain[:2])[0], int.from_bytes(plain[2:], "big"))
+        self._held[(update.buffer, update.site)] = unpack_share(plain)
+
+    def remember(self, buffer: int, survivors: Sequence[str], dropped: Sequence[str]) -> None:
+        """Restore what an earlier run of this site revealed for ``buffer``."""
+        prev = self._revealed.get(buffer, (set(), set()))
+        self._revealed[buffer] = (prev[0] | set(survivors), prev[1] | set(dropped))
+
+    def revealed(self) -> dict[int, tuple[set[str], set[str]]]:
+        """Per buffer, the sites this site has treated as survivors and as dropped."""
+        return dict(self._revealed)
 
     def reveal(self, buffer: int, survivors: Sequence[str], dropped: Sequence[str]) -> Reveal:
         """Shares of survivors' self-mask seeds, and pairwise seeds with dropped peers.
@@ -265,3 +276,94 @@ class SecAggServer:
         if missing:
             raise AggregationError(f"pairwise seeds with dropped sites missing from: {sorted(set(missing))}")
         return (total % MOD).astype(np.uint32)
+
+
+# -- keys and parameters shared by sites and the aggregator ------------------------------------
+def write_x25519_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> bool:
+    """Write a new X25519 key pair (PEM) unless one exists; returns whether a pair was written."""
+    if private_path.exists() and public_path.exists() and not overwrite:
+        return False
+    key = X25519PrivateKey.generate()
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    private_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    private_path.chmod(0o600)
+    public_path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return True
+
+
+def load_x25519_private(path: Path) -> X25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the X25519 private key {path}: {exc} (streamfed keys generate)") from exc
+    if not isinstance(key, X25519PrivateKey):
+        raise ConfigError(f"{path} is not an X25519 private key")
+    return key
+
+
+def load_x25519_public(path: Path) -> X25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the X25519 public key {path}: {exc} (streamfed keys generate)") from exc
+    if not isinstance(key, X25519PublicKey):
+        raise ConfigError(f"{path} is not an X25519 public key")
+    return key
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """What every party of one topology must agree on."""
+
+    topology: str
+    cohort: tuple[str, ...]
+    threshold: int
+    bound: float
+
+    @property
+    def scale(self) -> float:
+        return quantization_scale(self.bound, len(self.cohort))
+
+    @property
+    def context(self) -> bytes:
+        return f"streamfed-secagg/{self.topology}".encode()
+
+
+def default_bound(clip_norm: float, sigma: float, threshold: int) -> float:
+    """A clipped delta's coordinates lie in [-C, C]; per-site noise has std sigma C / sqrt(t): six
+    standard deviations beyond C are clipped with probability below 2e-9 per coordinate."""
+    return clip_norm * (1.0 + 6.0 * sigma / np.sqrt(threshold))
+
+
+REVEAL_DOMAIN = b"streamfed.secagg.reveal.v1\n"
+
+
+def reveal_message(rec: Mapping[str, object]) -> bytes:
+    """The bytes a site signs for a reveal: everything in it but the key id and the signature."""
+    header = {
+        "topology": rec["topology"],
+        "buffer": rec["buffer"],
+        "request_id": rec["request_id"],
+        "site_id": rec["site_id"],
+        "survivors": sorted(rec["survivors"]),  # type: ignore[call-overload]
+        "dropped": sorted(rec["dropped"]),  # type: ignore[call-overload]
+        "self_mask_shares": {k: v.hex() for k, v in sorted(rec["self_mask_shares"].items())},  # type: ignore[attr-defined]
+        "pair_seeds": {k: v.hex() for k, v in sorted(rec["pair_seeds"].items())},  # type: ignore[attr-defined]
+        "created_ms": rec["created_ms"],
+    }
+    return REVEAL_DOMAIN + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def pack_share(share: tuple[int, int]) -> bytes:
+    return struct.pack(">H", share[0]) + share[1].to_bytes(66, "big")
+
+
+def unpack_share(blob: bytes) -> tuple[int, int]:
+    if len(blob) != 68:
+        raise AggregationError(f"a Shamir share is 68 bytes, got {len(blob)}")
+    return struct.unpack(">H", blob[:2])[0], int.from_bytes(blob[2:], "big")

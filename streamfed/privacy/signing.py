@@ -39,9 +39,20 @@ DOMAIN = b"streamfed.update.v1\n"
 log = logging.getLogger(__name__)
 
 
+def bytes_map_digest(values: Mapping[str, bytes]) -> str:
+    """SHA-256 of a ``str -> bytes`` map, independent of its order."""
+    h = hashlib.sha256()
+    for k in sorted(values):
+        h.update(hashlib.sha256(k.encode()).digest() + hashlib.sha256(values[k]).digest())
+    return h.hexdigest()
+
+
 def canonical_message(update: Mapping[str, Any]) -> bytes:
     header = {k: update[k] for k in SIGNED_FIELDS}
     header["params_sha256"] = hashlib.sha256(update["params"]).hexdigest()
+    # Secure aggregation: the buffer and the encrypted self-mask shares are signed too.
+    header["secure_buffer"] = update.get("secure_buffer")
+    header["self_mask_shares_sha256"] = bytes_map_digest(update.get("self_mask_shares") or {})
     return DOMAIN + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -109,6 +120,10 @@ class SiteSigner:
         update["signature"] = self._key.sign(canonical_message(update))
         return update
 
+    def sign_bytes(self, message: bytes) -> tuple[str, bytes]:
+        """``(key_id, signature)`` over any other message of this site (secure-aggregation reveals)."""
+        return self.key_id, self._key.sign(message)
+
 
 class FileSigner(SiteSigner):
     """Signs with the key in ``path`` and picks up a rotated key file without a restart."""
@@ -118,13 +133,20 @@ class FileSigner(SiteSigner):
         self._mtime = path.stat().st_mtime_ns if path.exists() else 0
         super().__init__(load_private_key(path))
 
-    def sign(self, update: dict[str, Any]) -> dict[str, Any]:
+    def _reload(self) -> None:
         mtime = self.path.stat().st_mtime_ns
         if mtime != self._mtime:
             key = load_private_key(self.path)
             self._key, self.key_id, self._mtime = key, key_id(key.public_key()), mtime
             log.info("signing key %s reloaded from %s", self.key_id, self.path)
+
+    def sign(self, update: dict[str, Any]) -> dict[str, Any]:
+        self._reload()
         return super().sign(update)
+
+    def sign_bytes(self, message: bytes) -> tuple[str, bytes]:
+        self._reload()
+        return super().sign_bytes(message)
 
 
 class UpdateVerifier:
@@ -156,21 +178,26 @@ class UpdateVerifier:
         return sorted(self._keys)
 
     def verify(self, update: Mapping[str, Any]) -> None:
-        self._refresh()
         site = update["site_id"]
+        what = f"update {site}#{update['sequence']}"
+        self.verify_bytes(site, update["key_id"], canonical_message(update), update["signature"], what)
+
+    def verify_bytes(self, site: str, kid: str, message: bytes, signature: bytes, what: str = "message") -> None:
+        """Check ``signature`` over ``message`` against a key registered (and not expired) for ``site``."""
+        self._refresh()
         keys = self._keys.get(site)
         if keys is None:
             raise SignatureError(f'unknown site "{site}"; known: {", ".join(sorted(self._keys))}')
-        key = keys.get(update["key_id"])
+        key = keys.get(kid)
         if key is None:
-            raise SignatureError(f'key {update["key_id"]} is not registered for site "{site}"')
-        until = self._until.get(update["key_id"])
+            raise SignatureError(f'key {kid} is not registered for site "{site}"')
+        until = self._until.get(kid)
         if until is not None and self.clock() > until:
-            raise SignatureError(f'key {update["key_id"]} of site "{site}" was rotated out (grace ended)')
+            raise SignatureError(f'key {kid} of site "{site}" was rotated out (grace ended)')
         try:
-            key.verify(update["signature"], canonical_message(update))
+            key.verify(signature, message)
         except InvalidSignature as exc:
-            raise SignatureError(f"bad signature on update {site}#{update['sequence']}") from exc
+            raise SignatureError(f"bad signature on {what}") from exc
 
     def _refresh(self) -> None:
         """Subclasses reload keys here."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 
 from streamfed.privacy.accountant import PrivacyLedger, resolve_noise_multiplier
+from streamfed.privacy.secagg import load_x25519_private, load_x25519_public
 from streamfed.privacy.signing import FileSigner
 from streamfed.serde.avro import AvroCodec
 from streamfed.site.learner import SiteLearner, SiteState
 from streamfed.site.processor import SiteProcessor, SiteTopics
+from streamfed.site.secure import SecureSite
 from streamfed.topology.spec import Topology
 
 
@@ -33,8 +36,21 @@ def build_learner(
         state=SiteState(home / "state.json" if persist else None),
         sigma=resolve_noise_multiplier(topo.privacy),
         rng=rng,
+        noise_divisor=math.sqrt(topo.aggregation.secure.threshold) if topo.aggregation.secure else 1.0,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def build_secure_site(topo: Topology, learner: SiteLearner) -> SecureSite:
+    """The site's secure-aggregation client: its X25519 key and every peer's public key."""
+    from streamfed.aggregation.build import secagg_params
+
+    params = secagg_params(topo)
+    site = topo.site(learner.site_id)
+    key = load_x25519_private(topo.secagg_private_key_path(site))
+    peers = {s.id: load_x25519_public(topo.secagg_public_key_path(s)) for s in topo.sites if s.id != site.id}
+    state = learner.state.path.parent / "secagg-revealed.json" if learner.state.path is not None else None
+    return SecureSite(site.id, params, key, peers, learner.signer, learner.rng, state)
 
 
 def build_site(
@@ -49,7 +65,10 @@ def build_site(
         updates=topo.updates_topic,
         models=topo.models_topic,
         dead_letters=topo.dead_letter_topic,
+        secagg=topo.secagg_topic if topo.aggregation.secure is not None else None,
     )
+    learner = build_learner(topo, site_id, rng)
+    secure = build_secure_site(topo, learner) if topo.aggregation.secure is not None else None
     return SiteProcessor(
-        build_learner(topo, site_id, rng), topo.kafka, topics, AvroCodec(topo.model.record_schema), tamper=tamper
+        learner, topo.kafka, topics, AvroCodec(topo.model.record_schema), tamper=tamper, secure=secure
     )

@@ -46,6 +46,9 @@ class SiteReport:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     updates_published: int = 0
     updates_withheld: int = 0
+    updates_pending: int = 0  # made but not yet delivered to the broker
+    updates_dropped: int = 0  # undelivered and dropped: more than the kept maximum
+    producer_recreations: int = 0
     epsilon: float = 0.0
     epsilon_per_record: float = 0.0
     budget_exhausted: bool = False
@@ -127,6 +130,7 @@ class SiteLearner:
         rng: np.random.Generator | None = None,
         clock: Callable[[], float] = time.monotonic,
         device: str | None = None,
+        noise_divisor: float = 1.0,
     ) -> None:
         self.topology = topology
         self.site_id = site_id
@@ -137,6 +141,8 @@ class SiteLearner:
         self.ledger = ledger
         self.state = state
         self.sigma = sigma
+        # Secure aggregation: each site adds sigma C / sqrt(t), the unmasked sum carries sigma C.
+        self.noise_divisor = noise_divisor
         self.rng = rng if rng is not None else csprng()
         self.sample_rng = np.random.default_rng(self.rng.integers(1 << 62))
         self.clock = clock
@@ -158,6 +164,7 @@ class SiteLearner:
         self.report.epsilon_per_record = self._epsilon_per_record()
 
         self.labels = {"topology": topology, "site": site_id}
+        M.start_site(topology, site_id)
         self.window_examples = 0
         self.window_first_ms: int | None = None
         self._last_publish = clock()
@@ -258,12 +265,17 @@ class SiteLearner:
             return clip_segments(delta, bounds)
         return clip_l2(delta, C)
 
-    def make_update(self, tamper: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any] | None:
+    def make_update(
+        self,
+        tamper: Callable[[np.ndarray], np.ndarray] | None = None,
+        encode: Callable[[np.ndarray, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any] | None:
         """The signed update record of the current window, or None when the budget forbids one.
 
         The ledger entry and the next sequence number are durable when this returns; the caller
         commits its consumed offsets and only then produces the record. ``tamper`` (tests of the
         aggregator's defences only) rewrites the noised delta as a malicious site would.
+        ``encode`` replaces the record's parameters before signing (secure aggregation masks them).
         """
         C = self.privacy.clip_norm
         delta = self.model.get_params() - self.base
@@ -279,7 +291,8 @@ class SiteLearner:
             return None
         clipped, norm = self._clip(delta)
         M.SITE_UPDATE_NORM.labels(**self.labels).observe(norm)
-        noised = add_gaussian_noise(clipped, self.sigma * C, self.rng)
+        noise_std = self.sigma * C / self.noise_divisor
+        noised = add_gaussian_noise(clipped, noise_std, self.rng)
         if tamper is not None:
             noised = tamper(noised).astype(np.float32)
         seq = self.state.advance()
@@ -304,7 +317,7 @@ class SiteLearner:
             "num_params": int(noised.size),
             "params": params_to_bytes(noised),
             "clip_norm": C,
-            "noise_std": self.sigma * C,
+            "noise_std": noise_std,
             "epsilon_spent": spent,
             "delta": self.privacy.delta,
             "first_event_ms": self.window_first_ms or now_ms,
@@ -312,6 +325,8 @@ class SiteLearner:
             "gpu_seconds": gpu_s,
             "gpu_energy_joules": gpu_j,
         }
+        if encode is not None:
+            encode(noised, record)
         self.signer.sign(record)
         log.info(
             "site=%s update seq=%d base=%d examples=%d norm=%.3f eps=%.3f",

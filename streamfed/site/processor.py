@@ -13,18 +13,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamfed import metrics as M
 from streamfed.errors import SerializationError
-from streamfed.kafka.clients import make_consumer, make_producer
+from streamfed.kafka.clients import make_consumer
 from streamfed.kafka.deadletters import DeadLetterSink
+from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.tensors import params_from_bytes
+from streamfed.site.batch import learn_batch
 from streamfed.site.learner import SiteLearner, SiteReport
+from streamfed.site.secure import SecureSite
 from streamfed.topology.spec import KafkaSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class SiteTopics:
     updates: str
     models: str
     dead_letters: str
+    secagg: str | None = None  # secure aggregation's requests and reveals
 
 
 class SiteProcessor:
@@ -43,7 +46,13 @@ class SiteProcessor:
 
     Build it with :func:`streamfed.site.build_site` from a topology, then ``run`` it; runs are
     bounded by ``max_records``/``timeout_s`` or the stop event, and return a :class:`SiteReport`.
+
+    Updates the broker did not take (it is away past ``message.timeout.ms``, or the producer hit a
+    fatal error) are kept, at most ``max_pending_updates`` of them, and produced again in order, with
+    their sequence numbers, once it is back; the producers rebuild themselves after such failures.
     """
+
+    max_pending_updates = 1000
 
     def __init__(
         self,
@@ -53,8 +62,10 @@ class SiteProcessor:
         codec: AvroCodec,
         batch_size: int = 2000,
         tamper: Callable[[np.ndarray], np.ndarray] | None = None,
+        secure: SecureSite | None = None,
     ) -> None:
         self.learner = learner
+        self.secure = secure
         self.site_id = learner.site_id
         self.kafka = kafka
         self.topics = topics
@@ -67,8 +78,11 @@ class SiteProcessor:
         self._labels = learner.labels
         self._consumer: Consumer | None = None
         self._models: Consumer | None = None
-        self._producer: Producer | None = None
+        self._producer: ResilientProducer | None = None
+        self._updates: ResilientProducer | None = None
         self._dead: DeadLetterSink | None = None
+        self._secagg: Consumer | None = None
+        self._secagg_codec = AvroCodec("secagg_message", codec.registry)
 
     @property
     def report(self) -> SiteReport:
@@ -95,16 +109,52 @@ class SiteProcessor:
         self._consumer.subscribe([self.topics.transactions])
         self._models = make_consumer(self.kafka, None)
         self._models.assign([TopicPartition(self.topics.models, 0, OFFSET_BEGINNING)])
-        self._producer = make_producer(self.kafka)
+        self._producer = ResilientProducer(
+            self.kafka, f"site {self.site_id}", max_pending=100_000, on_recreate=self._recreated
+        )
+        self._updates = ResilientProducer(
+            self.kafka,
+            f"site {self.site_id} updates",
+            max_pending=self.max_pending_updates,
+            max_in_flight=1,  # strict order: a re-sent update never lands behind a later one
+            on_drop=self._update_dropped,
+            on_recreate=self._recreated,
+        )
         self._dead = DeadLetterSink(self._producer, self.topics.dead_letters, "site", self.site_id, self.codec.registry)
+        if self.secure is not None:
+            assert self.topics.secagg is not None
+            self._secagg = make_consumer(self.kafka, None)
+            self._secagg.assign([TopicPartition(self.topics.secagg, 0, OFFSET_BEGINNING)])
+
+    def _recreated(self) -> None:
+        self.report.producer_recreations += 1
+        M.SITE_PRODUCER_RECREATED.labels(**self._labels).inc()
+
+    def _update_dropped(self) -> None:
+        self.report.updates_dropped += 1
+        M.SITE_UPDATES_DROPPED.labels(**self._labels).inc()
+
+    def _poll_producers(self) -> None:
+        for prod in (self._producer, self._updates):
+            if prod is not None:
+                prod.poll(0)
+        if self._updates is not None:
+            self.report.updates_pending = self._updates.pending
+            M.SITE_UPDATES_PENDING.labels(**self._labels).set(self._updates.pending)
 
     def _close(self) -> None:
+        if self._updates is not None:
+            left = self._updates.flush(10)
+            self.report.updates_pending = left
+            M.SITE_UPDATES_PENDING.labels(**self._labels).set(left)
+            if left:
+                log.warning("site=%s stops with %d update(s) not delivered", self.site_id, left)
         if self._producer is not None:
             self._producer.flush(10)
-        for c in (self._consumer, self._models):
+        for c in (self._consumer, self._models, self._secagg):
             if c is not None:
                 c.close()
-        self._consumer = self._models = None
+        self._consumer = self._models = self._secagg = None
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, max_records: int | None = None, timeout_s: float | None = None) -> SiteReport:
@@ -124,11 +174,12 @@ class SiteProcessor:
                 if msgs:
                     self.process(msgs)
                 self._poll_models()
+                if self.secure is not None:
+                    self._poll_secagg()
                 self.learner.maybe_step()
                 if self.learner.due():
                     self.publish()
-                if self._producer is not None:
-                    self._producer.poll(0)
+                self._poll_producers()
         finally:
             self.report.seconds = time.monotonic() - t0
             self._close()
@@ -136,31 +187,17 @@ class SiteProcessor:
 
     def process(self, msgs: list[Message]) -> None:
         """Decode and validate one batch; bad records go to the dead-letter topic, the rest are learned."""
-        records: list[dict[str, Any]] = []
-        origin: list[Message] = []
+        live: list[Message] = []
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("site=%s consumer error: %s", self.site_id, err)
                 continue
-            try:
-                records.append(self.codec.decode(msg.value()))
-                origin.append(msg)
-            except SerializationError as exc:
-                self._dead_letter(msg, "decode", str(exc))
-        if not records:
-            return
-        X, y, status = self.learner.model.featurizer.transform(records)
-        good = np.fromiter((s is True for s in status), dtype=bool, count=len(status))
-        for i in np.flatnonzero(~good):
-            reason, _, detail = str(status[i]).partition(": ")
-            self._dead_letter(origin[i], reason, detail)
-        if not good.all():
-            X, y = X[good], y[good]
-            origin = [m for m, g in zip(origin, good, strict=True) if g]
-        if origin:
-            self.learner.learn(X, y, first_event_ms=min(m.timestamp()[1] for m in origin))
+            live.append(msg)
+        values, stamps = [m.value() for m in live], [m.timestamp()[1] for m in live]
+        for rejected in learn_batch(self.learner, self.codec, values, stamps):
+            self._dead_letter(live[rejected.index], rejected.reason, rejected.detail)
 
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         assert self._dead is not None
@@ -175,17 +212,38 @@ class SiteProcessor:
         A crash can lose an update but never release a record more than ``k`` times or reuse a
         sequence number.
         """
-        assert self._producer is not None and self._consumer is not None
-        record = self.learner.make_update(self.tamper)
+        assert self._updates is not None and self._consumer is not None
+        if self.secure is not None and not self.secure.can_publish(self.learner.base_version):
+            return False  # this buffer has our update; keep learning until the next version
+        record = self.learner.make_update(self.tamper, self.secure.encode if self.secure is not None else None)
         if record is None:
             return False
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException as exc:  # nothing consumed yet, or a rebalance: not fatal
             log.debug("site=%s offset commit before publish: %s", self.site_id, exc)
-        self._producer.produce(self.topics.updates, key=self.site_id.encode(), value=self.update_codec.encode(record))
-        self._producer.poll(0)
+        self._updates.produce(self.topics.updates, key=self.site_id.encode(), value=self.update_codec.encode(record))
+        self._updates.poll(0)
         return True
+
+    # -- secure aggregation ---------------------------------------------------------------------
+    def _poll_secagg(self) -> None:
+        """Answer the aggregator's recovery requests with signed reveals."""
+        assert self._secagg is not None and self.secure is not None and self._producer is not None
+        for msg in self._secagg.consume(100, 0):
+            if msg.error() is not None:
+                continue
+            try:
+                rec = self._secagg_codec.decode(msg.value())
+            except SerializationError as exc:
+                log.warning("site=%s ignores an unreadable secagg message at %d: %s", self.site_id, msg.offset(), exc)
+                continue
+            reveal = self.secure.answer(rec, self.learner.base_version)
+            if reveal is not None:
+                self._producer.produce(
+                    self.topics.secagg, key=str(reveal["buffer"]).encode(), value=self._secagg_codec.encode(reveal)
+                )
+                self._producer.poll(0)
 
     # -- global versions ------------------------------------------------------------------------
     def _poll_models(self) -> None:

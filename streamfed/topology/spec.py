@@ -162,6 +162,24 @@ class UpdateSpec(Frozen):
     min_records: int = Field(50, ge=1, description="never publish a window smaller than this")
 
 
+class SecureAggregationSpec(Frozen):
+    """Secure aggregation (opt-in): the aggregator sees only the sum of a buffer's masked updates.
+
+    A buffer is the cohort's updates against one base version; it closes when every site has sent
+    one, or ``dropout_timeout_seconds`` after its first update with at least ``threshold`` present.
+    Each site adds noise of std ``sigma C / sqrt(threshold)``, so any sum the aggregator can unmask
+    carries at least the calibrated ``sigma C`` (see docs/privacy.md).
+    """
+
+    threshold: int = Field(2, ge=2, description="t: fewest updates a buffer may unmask; also the Shamir threshold")
+    dropout_timeout_seconds: PositiveFloat = Field(
+        10.0, description="close a buffer this long after its first update if at least t sites are in it"
+    )
+    bound: PositiveFloat | None = Field(
+        None, description="per-coordinate clip before integer quantisation; default C (1 + 6 sigma / sqrt(t))"
+    )
+
+
 class AggregationSpec(Frozen):
     strategy: Literal["fedbuff"] = Field("fedbuff", description="buffered asynchronous aggregation")
     rule: Literal["mean", "median", "trimmed_mean", "norm_bound"] = Field(
@@ -180,11 +198,19 @@ class AggregationSpec(Frozen):
     commit_interval_seconds: PositiveFloat = Field(
         2.0, description="commit rejections and offsets this often when no version is pending"
     )
+    secure: SecureAggregationSpec | None = Field(
+        None, description="pairwise-masked secure aggregation of each buffer (rule must be mean)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AggregationSpec:
         if self.rule == "norm_bound" and self.norm_bound is None:
             raise ValueError("rule 'norm_bound' needs norm_bound")
+        if self.secure is not None and self.rule != "mean":
+            raise ValueError(
+                f"aggregation.secure needs rule 'mean' (got '{self.rule}'): a robust rule must see each update, "
+                "which secure aggregation prevents"
+            )
         return self
 
 
@@ -289,16 +315,27 @@ class Topology(Frozen):
         Path(".streamfed"), description="checkpoints, ledgers and keys live under <state_dir>/<name>"
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> Topology:
-        ids = [s.id for s in self.sites]
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
+        ids = [s.id for s in sites]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"site ids must be unique; repeated: {', '.join(dup)}")
+        return sites
+
+    @model_validator(mode="after")
+    def _check(self) -> Topology:
         if self.aggregation.max_update_norm is not None and self.aggregation.max_update_norm < self.privacy.clip_norm:
             raise ValueError("aggregation.max_update_norm must be at least privacy.clip_norm")
         if not math.isfinite(self.privacy.epsilon):
             raise ValueError("privacy.epsilon must be finite")
+        secure = self.aggregation.secure
+        if secure is not None and secure.threshold > len(self.sites):
+            raise ValueError(
+                f"aggregation.secure.threshold ({secure.threshold}) cannot exceed "
+                f"the number of sites ({len(self.sites)})"
+            )
         return self
 
     # Topic names: streamfed.<topology>.<stream>
@@ -320,6 +357,10 @@ class Topology(Frozen):
     @property
     def rejected_topic(self) -> str:
         return self.topic("updates.rejected")
+
+    @property
+    def secagg_topic(self) -> str:
+        return self.topic("secagg")
 
     @property
     def dead_letter_topic(self) -> str:
@@ -344,3 +385,12 @@ class Topology(Frozen):
 
     def private_key_path(self, site: SiteSpec) -> Path:
         return site.private_key or self.home / "keys" / f"{site.id}.key"
+
+    def secagg_public_key_path(self, site: SiteSpec) -> Path:
+        """The site's X25519 key for secure aggregation, next to its Ed25519 key."""
+        pub = self.public_key_path(site)
+        return pub.with_name(f"{pub.stem}.x25519.pub")
+
+    def secagg_private_key_path(self, site: SiteSpec) -> Path:
+        priv = self.private_key_path(site)
+        return priv.with_name(f"{priv.stem}.x25519.key")

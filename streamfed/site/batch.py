@@ -1,0 +1,61 @@
+"""One batch of raw record values into a site's learner: decode, validate, learn, and say what was rejected.
+
+Shared by every way of feeding a site (:class:`~streamfed.site.processor.SiteProcessor` and the
+stream-framework integrations), so that all of them reject the same records for the same reasons.
+Sending rejected records to the dead-letter topic stays with the caller, which knows the messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamfed.errors import SerializationError
+from streamfed.serde.avro import AvroCodec
+from streamfed.site.learner import SiteLearner
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record of the batch that was not learned: its position in the batch, why, and the details."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+def learn_batch(
+    learner: SiteLearner, codec: AvroCodec, values: Sequence[bytes | None], timestamps_ms: Sequence[int]
+) -> list[Rejection]:
+    """Decode and validate ``values``, learn the usable records, and return the others.
+
+    Records that do not decode are rejected with reason ``decode``; records that decode but fail
+    the topology's feature checks with the featurizer's reason (``missing``, ``out_of_range``, ...).
+    Rejections come in that order, each group in batch order. ``timestamps_ms[i]`` is the broker
+    timestamp of ``values[i]``; the earliest one of the learned records starts the update window.
+    """
+    records: list[dict[str, Any]] = []
+    origin: list[int] = []
+    rejected: list[Rejection] = []
+    for i, value in enumerate(values):
+        try:
+            records.append(codec.decode(value))
+            origin.append(i)
+        except SerializationError as exc:
+            rejected.append(Rejection(i, "decode", str(exc)))
+    if not records:
+        return rejected
+    X, y, status = learner.model.featurizer.transform(records)
+    good = np.fromiter((s is True for s in status), dtype=bool, count=len(status))
+    for j in np.flatnonzero(~good):
+        reason, _, detail = str(status[j]).partition(": ")
+        rejected.append(Rejection(origin[j], reason, detail))
+    if not good.all():
+        X, y = X[good], y[good]
+        origin = [i for i, g in zip(origin, good, strict=True) if g]
+    if origin:
+        learner.learn(X, y, first_event_ms=min(timestamps_ms[i] for i in origin))
+    return rejected

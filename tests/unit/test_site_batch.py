@@ -1,0 +1,123 @@
+"""learn_batch: the one place that decides which raw records a site learns and why it rejects the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import KafkaError
+
+from streamfed.kafka.deadletters import DeadLetterSink
+from streamfed.privacy.signing import write_keypair
+from streamfed.serde.avro import AvroCodec
+from streamfed.site.batch import Rejection, learn_batch
+from streamfed.site.build import build_learner
+from streamfed.site.processor import SiteProcessor, SiteTopics
+from streamfed.sources import TransactionSimulator
+from streamfed.topology import load_topology
+
+
+def test_bad_records_are_rejected_with_reasons_and_the_rest_learned(tmp_path: Path) -> None:
+    topo = load_topology("fraud", {"state_dir": str(tmp_path)})
+    site = topo.sites[0]
+    write_keypair(topo.private_key_path(site), topo.public_key_path(site))
+    learner = build_learner(topo, site.id, rng=np.random.default_rng(0), persist=False, clock=lambda: 0.0, device="cpu")
+    assert site.simulator is not None
+    records = TransactionSimulator(site.id, site.simulator).batch(50, t=0.0)
+    for r in records:
+        r["is_fraud"] = bool(r["is_fraud"])  # all labelled, so the window counts every learned record
+    codec = AvroCodec(topo.model.record_schema)
+    values: list[bytes | None] = [codec.encode(r) for r in records]
+    values[3] = b"\x00junk"
+    values[10] = codec.encode({**records[10], "hour": 99})
+    values[20] = None
+    stamps = [1000 + i for i in range(len(values))]
+    stamps[0] = 5  # the earliest record of the batch is a good one
+    stamps[3] = 1  # an earlier but rejected one must not start the window
+
+    rejected = learn_batch(learner, codec, values, stamps)
+
+    assert [(r.index, r.reason) for r in rejected] == [(3, "decode"), (20, "decode"), (10, "out_of_range")]
+    assert all(isinstance(r, Rejection) and r.detail for r in rejected)
+    assert "hour" in rejected[2].detail
+    assert learner.report.records == learner.window_examples == 47
+    assert learner.window_first_ms == 5
+
+
+def test_a_batch_of_only_bad_records_learns_nothing(tmp_path: Path) -> None:
+    topo = load_topology("fraud", {"state_dir": str(tmp_path)})
+    site = topo.sites[0]
+    write_keypair(topo.private_key_path(site), topo.public_key_path(site))
+    learner = build_learner(topo, site.id, rng=np.random.default_rng(0), persist=False, clock=lambda: 0.0, device="cpu")
+    codec = AvroCodec(topo.model.record_schema)
+
+    rejected = learn_batch(learner, codec, [b"", None], [0, 0])
+
+    assert [(r.index, r.reason) for r in rejected] == [(0, "decode"), (1, "decode")]
+    assert learner.report.records == 0 and learner.window_first_ms is None
+
+
+class _Msg:
+    """A consumed message as confluent-kafka shows it (the parts SiteProcessor reads)."""
+
+    def __init__(self, offset: int, value: bytes | None, ts_ms: int, eof: bool = False) -> None:
+        self._offset, self._value, self._ts, self._eof = offset, value, ts_ms, eof
+
+    def error(self) -> KafkaError | None:
+        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
+
+    def topic(self) -> str:
+        return "transactions"
+
+    def partition(self) -> int:
+        return 1
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return f"k{self._offset}".encode()
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None:
+        self.sent.append((topic, key, value))
+
+
+def test_the_site_processor_dead_letters_what_learn_batch_rejects(tmp_path: Path) -> None:
+    topo = load_topology("fraud", {"state_dir": str(tmp_path)})
+    site = topo.sites[0]
+    write_keypair(topo.private_key_path(site), topo.public_key_path(site))
+    learner = build_learner(topo, site.id, rng=np.random.default_rng(0), persist=False, clock=lambda: 0.0, device="cpu")
+    assert site.simulator is not None
+    records = TransactionSimulator(site.id, site.simulator).batch(20, t=0.0)
+    for r in records:
+        r["is_fraud"] = bool(r["is_fraud"])
+    codec = AvroCodec(topo.model.record_schema)
+    msgs = [_Msg(i, codec.encode(r), 1000 + i) for i, r in enumerate(records)]
+    msgs[2] = _Msg(2, codec.encode({**records[2], "amount": -1.0}), 1002)
+    msgs[5] = _Msg(5, b"junk", 1005)
+    msgs.append(_Msg(20, None, 0, eof=True))  # end of partition: skipped, not a dead letter
+    topics = SiteTopics(transactions="transactions", updates="u", models="m", dead_letters="dead")
+    processor = SiteProcessor(learner, topo.kafka, topics, codec)
+    producer = _Producer()
+    processor._dead = DeadLetterSink(producer, "dead", "site", site.id, codec.registry)
+
+    processor.process(msgs)  # type: ignore[arg-type]
+
+    letters = [AvroCodec("dead_letter").decode(value) for _, _, value in producer.sent]
+    assert [(t, k) for t, k, _ in producer.sent] == [("dead", site.id.encode())] * 2
+    assert [(d["offset"], d["reason"], d["key"]) for d in letters] == [(5, "decode", b"k5"), (2, "out_of_range", b"k2")]
+    assert all(d["source_topic"] == "transactions" and d["partition"] == 1 for d in letters)
+    assert processor.report.dead_letters == 2
+    assert processor.report.dead_letter_reasons == {"decode": 1, "out_of_range": 1}
+    assert learner.report.records == learner.window_examples == 18 and learner.window_first_ms == 1000
