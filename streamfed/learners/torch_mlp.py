@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -12,6 +14,25 @@ from torch import nn
 from streamfed.learners.base import Matrix, Segment, Vector
 
 log = logging.getLogger(__name__)
+
+# Below this many rows x parameters a CPU step is too small for torch's intra-op thread pool: the pool
+# saves nothing, and on a busy machine its synchronisation made a site's steps 10-20x slower (and the
+# site 2-4x slower; benchmarks/README.md). Such steps run on the calling thread alone.
+SMALL_CPU_STEP = 1 << 23
+
+
+@contextlib.contextmanager
+def _single_thread(active: bool) -> Iterator[None]:
+    """One torch intra-op thread inside the block (a process-wide setting, restored on exit)."""
+    before = torch.get_num_threads()
+    if not active or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -125,10 +146,13 @@ class TorchMLPLearner:
         with torch.no_grad():
             torch.nn.utils.vector_to_parameters(t, self.net.parameters())
 
+    def _small(self, rows: int) -> bool:
+        return self.device.type == "cpu" and rows * self.n_params < SMALL_CPU_STEP
+
     def predict_proba_many(self, X: Matrix) -> Vector:
         if len(X) == 0:
             return np.zeros(0, dtype=np.float32)
-        with torch.no_grad():
+        with torch.no_grad(), _single_thread(self._small(len(X))):
             x = torch.from_numpy(np.ascontiguousarray(X)).to(self.device, non_blocking=True)
             return torch.sigmoid(self.net(x)).squeeze(-1).float().cpu().numpy()
 
@@ -154,10 +178,11 @@ class TorchMLPLearner:
             return 0
         t0 = time.perf_counter()
         seen = 0
-        for _ in range(steps):
-            X, y = buffer.sample(batch_size, rng)
-            self.learn_many(X, y)
-            seen += len(X)
+        with _single_thread(self._small(batch_size)):
+            for _ in range(steps):
+                X, y = buffer.sample(batch_size, rng)
+                self.learn_many(X, y)
+                seen += len(X)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.last_step_seconds = (time.perf_counter() - t0) / steps
