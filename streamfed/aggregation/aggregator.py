@@ -402,6 +402,7 @@ class Aggregator:
     def _secure_step(self) -> None:
         """Post (or re-post) the recovery request, read reveals, and make the version once unmasked."""
         assert self.secure is not None and self._secagg_in is not None and self._secagg_out is not None
+        assert self.secagg_topic is not None
         if self.secure.due():
             request = self.secure.make_request()
             self._secagg_out.produce(

@@ -148,7 +148,7 @@ class Featurizer:
                 j += 1
         rows = np.arange(n)
         for c, index in zip(self.spec.categorical, self._cat_index, strict=True):
-            col = [r.get(c.name) for r in records]
+            col: list[Any] = [r.get(c.name) for r in records]
             if set(map(type, col)) != {str}:
                 return None
             k = np.fromiter((index.get(v, -1) for v in col), dtype=np.int64, count=n)

@@ -239,7 +239,7 @@ class SiteProcessor:
                 log.warning("site=%s ignores an unreadable secagg message at %d: %s", self.site_id, msg.offset(), exc)
                 continue
             reveal = self.secure.answer(rec, self.learner.base_version)
-            if reveal is not None:
+            if reveal is not None and self.topics.secagg is not None:
                 self._producer.produce(
                     self.topics.secagg, key=str(reveal["buffer"]).encode(), value=self._secagg_codec.encode(reveal)
                 )
