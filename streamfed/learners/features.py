@@ -148,10 +148,10 @@ class Featurizer:
                 j += 1
         rows = np.arange(n)
         for c, index in zip(self.spec.categorical, self._cat_index, strict=True):
-            col: list[Any] = [r.get(c.name) for r in records]
-            if set(map(type, col)) != {str}:
+            cats = [r.get(c.name) for r in records]
+            if set(map(type, cats)) != {str}:
                 return None
-            k = np.fromiter((index.get(v, -1) for v in col), dtype=np.int64, count=n)
+            k = np.fromiter((index.get(str(v), -1) for v in cats), dtype=np.int64, count=n)
             known = k >= 0
             X[rows[known], j + k[known]] = 1.0
             j += len(c.values)
