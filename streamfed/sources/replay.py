@@ -37,7 +37,15 @@ def _convert(value: str, avro_type: Any, na: set[str], field: str) -> Any:
     if base in ("int", "long"):
         return int(float(v))
     if base == "boolean":
-        return v.lower() in ("1", "true", "yes", "y")
+        low = v.lower()
+        if low in ("true", "yes", "y", "t"):
+            return True
+        if low in ("false", "no", "n", "f"):
+            return False
+        try:
+            return float(low) != 0.0  # "1", "1.0", "0.0"
+        except ValueError:
+            raise ConfigError(f"field {field}: {value!r} is not a boolean (true/false, yes/no or a number)") from None
     return v
 
 

@@ -79,7 +79,7 @@ def test_models_cli_lists_shows_and_exports_versions(topology_factory, bootstrap
     path, topo = topology_factory("fraud", {"update": {"every_seconds": 1.0, "min_records": 50}})
     state = tmp_path / "state"
     res = subprocess.run(
-        cli("up", str(path), "--duration", "20", "--bootstrap", bootstrap, "--no-live", "--state-dir", str(state)),
+        cli("up", str(path), "--duration", "35", "--bootstrap", bootstrap, "--no-live", "--state-dir", str(state)),
         cwd=tmp_path,
         capture_output=True,
         text=True,

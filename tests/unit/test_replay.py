@@ -213,3 +213,21 @@ def test_label_lead_takes_the_label_from_a_later_row(tmp_path: Path) -> None:
 def test_label_lead_refuses_a_shuffled_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="label_lead"):
         SourceSpec(path=tmp_path / "x.csv", label_column="y", label_threshold=0, label_lead=1, shuffle_seed=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("1.0", True), ("0.0", False), ("0", False), ("yes", True), ("N", False), ("true", True)],
+)
+def test_boolean_cells_read_as_written(text: str, expected: bool) -> None:
+    from streamfed.sources.replay import _convert
+
+    assert _convert(text, ["null", "boolean"], set(), "flag") is expected
+
+
+def test_a_cell_that_is_no_boolean_is_a_config_error() -> None:
+    from streamfed.errors import ConfigError
+    from streamfed.sources.replay import _convert
+
+    with pytest.raises(ConfigError, match="flag"):
+        _convert("maybe", ["null", "boolean"], set(), "flag")
