@@ -13,7 +13,7 @@ from streamfed.cli.common import StateDirOpt, TopologyOpt, fail, load
 from streamfed.errors import StreamfedError
 
 topology_app = typer.Typer(help="Check and show topologies.", no_args_is_help=True)
-keys_app = typer.Typer(help="Site signing keys (Ed25519).", no_args_is_help=True)
+keys_app = typer.Typer(help="Site keys: Ed25519 for signing, X25519 for secure aggregation.", no_args_is_help=True)
 out = Console()
 
 
