@@ -38,6 +38,7 @@ from streamfed.aggregation.build import build_aggregator
 from streamfed.aggregation.rules import RULES
 from streamfed.learners.model import SiteModel
 from streamfed.privacy.accountant import resolve_noise_multiplier
+from streamfed.privacy.mechanisms import l2_norm
 from streamfed.privacy.signing import canonical_message, write_keypair
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.tensors import params_to_bytes, sha256_hex
@@ -109,7 +110,7 @@ def floor_seconds(blobs: list[bytes], records: list[dict[str, Any]]) -> float:
     for blob, rec in zip(blobs, records, strict=True):
         hashlib.sha256(blob).digest()
         pub.verify(signature, header)
-        float(np.linalg.norm(np.frombuffer(rec["params"], dtype="<f4").astype(np.float64)))
+        l2_norm(np.frombuffer(rec["params"], dtype="<f4"))
     return (time.perf_counter() - t0) / len(blobs)
 
 

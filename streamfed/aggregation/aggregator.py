@@ -29,6 +29,7 @@ from streamfed.errors import AggregationError, SerializationError, SignatureErro
 from streamfed.kafka.clients import make_consumer, make_producer
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.learners.base import Segment
+from streamfed.privacy.mechanisms import l2_norm
 from streamfed.privacy.signing import UpdateVerifier
 from streamfed.registry.local import LocalRegistry
 from streamfed.registry.reader import read_latest
@@ -338,7 +339,7 @@ class Aggregator:
             raise Rejected("secure", "a masked update: this topology does not aggregate securely")
         if not np.isfinite(delta).all():
             raise Rejected("not_finite", f"{int((~np.isfinite(delta)).sum())} non-finite parameters")
-        norm = float(np.linalg.norm(delta.astype(np.float64)))
+        norm = l2_norm(delta)
         if norm > self.model.max_update_norm:
             raise Rejected("norm", f"L2 norm {norm:.4g} > {self.model.max_update_norm:.4g}")
         base = int(upd["base_version"])
