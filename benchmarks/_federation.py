@@ -8,6 +8,14 @@ steps from the replay buffer, prequential scoring); federated updates are made b
 topology's per-record epsilon, ledger, Ed25519 signature), encoded as Avro, checked by
 ``Aggregator.verify`` and combined by the topology's ``FedBuff`` and rule. No broker: time triggers
 are disabled (a stopped clock), so a run is deterministic for a given seed.
+
+``run_secure`` drives secure aggregation (``aggregation.secure``) the same way: each update is
+noised with sigma C / sqrt(t), quantised and masked by ``SecureSite.encode`` before signing, checked
+by ``Aggregator.verify`` (which applies ``SecureBuffer.check``) and buffered; when every site has
+sent one against the current version, ``SecureBuffer.make_request`` goes to every site through the
+Avro wire format, each ``SecureSite.answer`` comes back signed, ``SecureBuffer.add_reveal`` checks
+it and ``SecureBuffer.unmask`` yields the mean, applied with the server learning rate as the
+aggregator does.
 """
 
 from __future__ import annotations
@@ -24,13 +32,16 @@ from scipy.stats import rankdata
 
 from streamfed.aggregation.aggregator import Aggregator, Rejected
 from streamfed.aggregation.build import build_aggregator
+from streamfed.aggregation.secure import SecureBuffer
 from streamfed.learners.features import Featurizer
 from streamfed.privacy.accountant import epsilon_for, resolve_noise_multiplier
+from streamfed.privacy.secagg import write_x25519_keypair
 from streamfed.privacy.signing import write_keypair
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.tensors import params_to_bytes, sha256_hex
-from streamfed.site.build import build_learner
+from streamfed.site.build import build_learner, build_secure_site
 from streamfed.site.learner import SiteLearner
+from streamfed.site.secure import SecureSite
 from streamfed.sources.replay import read_source_rows
 from streamfed.topology import Topology, load_topology
 from streamfed.topology.loader import schema_fields
@@ -129,6 +140,10 @@ class ArmResult:
     rejected: dict[str, int] = field(default_factory=dict)
     epsilon_per_record: float | None = None
     sigma: float | None = None
+    threshold: int | None = None  # secure aggregation's t
+    noise_std: float | None = None  # the std each site adds per coordinate (sigma C, or sigma C / sqrt(t))
+    unmask_error: float | None = None  # secure: largest |unmasked mean - mean of noised deltas|
+    scale: float | None = None  # secure: the quantisation scale
 
     def site_auc(self, data: Mapping[str, SiteData]) -> dict[str, float]:
         return {s: auc(data[s].y, self.scores[s]) for s in data}
@@ -153,6 +168,8 @@ def _keys(topo: Topology) -> None:
     for s in topo.sites:
         if not topo.private_key_path(s).exists():
             write_keypair(topo.private_key_path(s), topo.public_key_path(s))
+        if topo.aggregation.secure is not None:
+            write_x25519_keypair(topo.secagg_private_key_path(s), topo.secagg_public_key_path(s))
 
 
 def _empty_scores(data: Mapping[str, SiteData]) -> dict[str, np.ndarray]:
@@ -269,6 +286,143 @@ def run_federated(
         rejected=dict(server.agg.report.rejected_reasons),
         epsilon_per_record=max(lr.report.epsilon_per_record for lr in learners.values()),
         sigma=sigma,
+        noise_std=sigma * topo.privacy.clip_norm,
+    )
+
+
+def secure_topology(
+    name: str, epsilon: float, threshold: int | None = None, server_learning_rate: float | None = None
+) -> Topology:
+    """A shipped topology at per-record ``epsilon`` with ``aggregation.secure`` (threshold ``t``,
+    default every site; rule mean, as the shipped topologies have), optionally another server step."""
+    t = threshold or len(load(name).sites)
+    agg: dict[str, Any] = {"rule": "mean", "secure": {"threshold": t}}
+    if server_learning_rate is not None:
+        agg["server_learning_rate"] = server_learning_rate
+    return load(name, {"privacy": {"epsilon": epsilon}, "aggregation": agg})
+
+
+class SecureServer:
+    """The aggregator's verify and ``SecureBuffer`` driven in process: a buffer closes when every
+    site has sent its update against the current version (no dropouts in process); its request and
+    the sites' reveals pass through the ``secagg_message`` Avro format."""
+
+    def __init__(self, topo: Topology) -> None:
+        _keys(topo)
+        self.topo = topo
+        self.agg: Aggregator = build_aggregator(topo)
+        assert self.agg.secure is not None
+        self.buffer: SecureBuffer = self.agg.secure
+        self.buffer.clock = _StoppedClock()
+        self.buffer.reset(0)
+        self.codec = AvroCodec("model_update")
+        self.secagg = AvroCodec("secagg_message")
+        self.noised: dict[str, np.ndarray] = {}  # each site's noised delta, kept only to check the unmasked mean
+        self.max_unmask_error = 0.0
+
+    @property
+    def version(self) -> int:
+        return self.agg.state.version
+
+    @property
+    def params(self) -> np.ndarray:
+        return self.agg.state.params
+
+    def sha(self) -> str:
+        return sha256_hex(params_to_bytes(self.params))
+
+    def submit(self, record: dict[str, Any], sites: Mapping[str, SecureSite], bases: Mapping[str, int]) -> bool:
+        """Verify and buffer one masked update; when the buffer is due, run the recovery with every
+        site and unmask. True when a new version was made."""
+        try:
+            pending = self.agg.verify(self.codec.encode(record), self.topo.updates_topic)
+        except Rejected as rej:
+            self.agg.report.rejected += 1
+            reasons = self.agg.report.rejected_reasons
+            reasons[rej.reason] = reasons.get(rej.reason, 0) + 1
+            return False
+        self.agg.report.accepted += 1
+        self.buffer.add(pending)
+        if not self.buffer.due():
+            return False
+        request = self.secagg.decode(self.secagg.encode(self.buffer.make_request()))
+        for sid, site in sites.items():
+            reveal = site.answer(request, bases[sid])
+            if reveal is not None:
+                self.buffer.add_reveal(self.secagg.decode(self.secagg.encode(reveal)))
+        out = self.buffer.unmask()
+        if out is None:
+            raise RuntimeError(f"secure buffer {self.buffer.buffer} could not be unmasked with every site's reveal")
+        mean, used = out
+        # What the protocol must give: the mean of the noised deltas (each clipped to the bound), up
+        # to one quantisation step per site. The benchmark stops if the real path gives anything else.
+        bound = self.buffer.params.bound
+        expected = np.mean([np.clip(self.noised.pop(u.site_id), -bound, bound) for u in used], axis=0)
+        err = float(np.max(np.abs(mean - expected)))
+        self.max_unmask_error = max(self.max_unmask_error, err)
+        if err > 2.0 / self.buffer.params.scale:
+            raise RuntimeError(f"secure buffer {self.buffer.buffer}: unmasked mean is off by {err:.3g}")
+        new = self.params.astype(np.float64) + self.topo.aggregation.server_learning_rate * mean
+        self.agg.state.version += 1
+        self.agg.state.params = new.astype(np.float32)
+        self.agg.report.versions += 1
+        self.buffer.reset(self.agg.state.version)
+        return True
+
+
+def _keeping(
+    store: dict[str, np.ndarray], site: str, secure: SecureSite
+) -> Callable[[np.ndarray, dict[str, Any]], None]:
+    def encode(noised: np.ndarray, record: dict[str, Any]) -> None:
+        store[site] = noised.astype(np.float64)
+        secure.encode(noised, record)
+
+    return encode
+
+
+def run_secure(
+    topo: Topology,
+    data: Mapping[str, SiteData],
+    plan: list[list[tuple[str, int, int]]],
+    seed: int = 0,
+) -> ArmResult:
+    """StreamFed with secure aggregation: as ``run_federated``, but a site that has an update in the
+    current buffer keeps learning (its window grows) until the next version, as ``SiteProcessor``
+    does, and a version is the unmasked mean of one update per site."""
+    assert topo.aggregation.secure is not None
+    server = SecureServer(topo)
+    root = np.random.default_rng(seed)
+    learners = {s: _learner(topo, s, int(root.integers(1 << 62)), publish=True) for s in data}
+    secure = {s: build_secure_site(topo, lr) for s, lr in learners.items()}
+    scores = _empty_scores(data)
+    for part in plan:
+        for s, a, b in part:
+            lr = learners[s]
+            X, y = data[s].X[a:b], data[s].y[a:b]
+            scores[s][a:b] = lr.global_model.predict_proba_many(X)
+            lr.learn(X, y)
+            lr.maybe_step()
+            if not lr.due() or not secure[s].can_publish(lr.base_version):
+                continue
+            record = lr.make_update(encode=_keeping(server.noised, s, secure[s]))
+            bases = {o: other.base_version for o, other in learners.items()}
+            if record is not None and server.submit(record, secure, bases):
+                sha = server.sha()
+                for other in learners.values():
+                    other.rebase(server.version, server.params, sha)
+    sigma = resolve_noise_multiplier(topo.privacy)
+    return ArmResult(
+        "secure",
+        scores,
+        versions=server.agg.report.versions,
+        accepted=server.agg.report.accepted,
+        rejected=dict(server.agg.report.rejected_reasons),
+        epsilon_per_record=max(lr.report.epsilon_per_record for lr in learners.values()),
+        sigma=sigma,
+        threshold=topo.aggregation.secure.threshold,
+        noise_std=sigma * topo.privacy.clip_norm / math.sqrt(topo.aggregation.secure.threshold),
+        unmask_error=server.max_unmask_error,
+        scale=server.buffer.params.scale,
     )
 
 

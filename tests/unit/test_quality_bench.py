@@ -39,15 +39,28 @@ def test_quality_quick(tmp_path: Path) -> None:
     assert result["epsilons"] == [1.0, 8.0]
     assert [r["dataset"] for r in result["results"]] == ["heart", "bank", "beijing"]
     for res in result["results"]:
+        n = len(res["sites"])
         arms = [a["arm"] for a in res["arms"]]
-        assert arms == ["centralised", "local-only", "streamfed eps=1", "streamfed eps=8"]
+        assert arms == [
+            "centralised",
+            "local-only",
+            "streamfed eps=1",
+            "streamfed eps=8",
+            f"secure eps=1 t={n}",
+            f"secure eps=8 t={n}",
+            f"secure eps=8 t={n // 2}",
+        ]
         for a in res["arms"]:
             assert set(a["per_site_auc"]) == set(res["sites"])
             if a["epsilon_target"] is not None:  # the accountant's epsilon for the calibrated sigma
                 assert a["epsilon_per_record"] == pytest.approx(a["epsilon_target"], rel=1e-2)
                 assert a["versions"] > 0 and a["rejected"] == 0
-        assert f"TARGET {res['dataset']} eps=8:" in stdout
-    assert stdout.count("RATIO ") == 6
+            if a["secure"]:  # each site adds sigma C / sqrt(t); the unmasked mean is the sites' mean
+                assert a["noise_std"] == pytest.approx(a["sigma"] * res["model"]["clip_norm"] / a["threshold"] ** 0.5)
+                assert a["unmask_error"] <= 2 / a["scale"]
+        for arm in ("streamfed eps=8", f"secure eps=8 t={n}", f"secure eps=8 t={n // 2}"):
+            assert f"TARGET {res['dataset']} {arm}:" in stdout
+    assert stdout.count("RATIO ") == 12
 
 
 def test_rounds_quick(tmp_path: Path) -> None:
