@@ -609,7 +609,9 @@ class Aggregator:
             self._replace_producer()
         else:
             try:
-                self._producer.abort_transaction(60)
+                # Bounded: a producer that cannot abort in 15 s is replaced (re-init fences the old
+                # transaction), rather than stalling the aggregator while updates pile up.
+                self._producer.abort_transaction(15)
             except KafkaException as abort_exc:
                 log.warning("abort failed (%s); recreating the transactional producer", abort_exc)
                 self._replace_producer()
