@@ -84,6 +84,31 @@ def _tp(key: str, offset: int | None = None) -> TopicPartition:
     return TopicPartition(topic, int(part)) if offset is None else TopicPartition(topic, int(part), offset)
 
 
+def _pending(
+    upd: dict[str, Any], delta: np.ndarray, topic: str, partition: int, offset: int, **extra: Any
+) -> PendingUpdate:
+    """A verified update record as the buffer keeps it."""
+    return PendingUpdate(
+        site_id=upd["site_id"],
+        sequence=int(upd["sequence"]),
+        base_version=int(upd["base_version"]),
+        num_examples=int(upd["num_examples"]),
+        delta=delta,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        created_ms=int(upd["created_ms"]),
+        first_event_ms=int(upd["first_event_ms"]),
+        epsilon_spent=float(upd["epsilon_spent"]),
+        noise_std=float(upd["noise_std"]),
+        clip_norm=float(upd["clip_norm"]),
+        cpu_seconds=float(upd["cpu_seconds"]),
+        gpu_seconds=float(upd["gpu_seconds"]),
+        gpu_energy_joules=None if upd["gpu_energy_joules"] is None else float(upd["gpu_energy_joules"]),
+        **extra,
+    )
+
+
 class Rejected(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -350,25 +375,7 @@ class Aggregator:
             raise Rejected("stale", f"staleness {staleness} > max_staleness {self.spec.max_staleness}")
         if int(upd["num_examples"]) < 0 or not math.isfinite(float(upd["noise_std"])):
             raise Rejected("metadata", "negative example count or non-finite noise std")
-        return PendingUpdate(
-            site_id=site,
-            sequence=seq,
-            base_version=base,
-            num_examples=int(upd["num_examples"]),
-            delta=delta,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            created_ms=int(upd["created_ms"]),
-            first_event_ms=int(upd["first_event_ms"]),
-            epsilon_spent=float(upd["epsilon_spent"]),
-            noise_std=float(upd["noise_std"]),
-            clip_norm=float(upd["clip_norm"]),
-            cpu_seconds=float(upd["cpu_seconds"]),
-            gpu_seconds=float(upd["gpu_seconds"]),
-            gpu_energy_joules=None if upd["gpu_energy_joules"] is None else float(upd["gpu_energy_joules"]),
-            staleness=staleness,
-        )
+        return _pending(upd, delta, topic, partition, offset, staleness=staleness)
 
     def _secure_pending(
         self, upd: dict[str, Any], blob: np.ndarray, topic: str, partition: int, offset: int
@@ -380,25 +387,7 @@ class Aggregator:
             raise Rejected(*problem)
         if int(upd["num_examples"]) < 0:
             raise Rejected("metadata", "negative example count")
-        return PendingUpdate(
-            site_id=upd["site_id"],
-            sequence=int(upd["sequence"]),
-            base_version=int(upd["base_version"]),
-            num_examples=int(upd["num_examples"]),
-            delta=blob.view(np.uint32),
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            created_ms=int(upd["created_ms"]),
-            first_event_ms=int(upd["first_event_ms"]),
-            epsilon_spent=float(upd["epsilon_spent"]),
-            noise_std=float(upd["noise_std"]),
-            clip_norm=float(upd["clip_norm"]),
-            cpu_seconds=float(upd["cpu_seconds"]),
-            gpu_seconds=float(upd["gpu_seconds"]),
-            gpu_energy_joules=None if upd["gpu_energy_joules"] is None else float(upd["gpu_energy_joules"]),
-            shares=dict(upd["self_mask_shares"]),
-        )
+        return _pending(upd, blob.view(np.uint32), topic, partition, offset, shares=dict(upd["self_mask_shares"]))
 
     def _secure_step(self) -> None:
         """Post (or re-post) the recovery request, read reveals, and make the version once unmasked."""

@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from streamfed.errors import AggregationError, ConfigError
+from streamfed.errors import AggregationError
+from streamfed.privacy.signing import load_pem_key
 
 U32 = npt.NDArray[np.uint32]
 PRIME = 2**521 - 1  # a Mersenne prime: 256-bit seeds are field elements
@@ -297,23 +298,11 @@ def write_x25519_keypair(private_path: Path, public_path: Path, overwrite: bool 
 
 
 def load_x25519_private(path: Path) -> X25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the X25519 private key {path}: {exc} (streamfed keys generate)") from exc
-    if not isinstance(key, X25519PrivateKey):
-        raise ConfigError(f"{path} is not an X25519 private key")
-    return key
+    return load_pem_key(path, X25519PrivateKey, "X25519 private key", " (streamfed keys generate)")
 
 
 def load_x25519_public(path: Path) -> X25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the X25519 public key {path}: {exc} (streamfed keys generate)") from exc
-    if not isinstance(key, X25519PublicKey):
-        raise ConfigError(f"{path} is not an X25519 public key")
-    return key
+    return load_pem_key(path, X25519PublicKey, "X25519 public key", " (streamfed keys generate)")
 
 
 @dataclass(frozen=True)

@@ -89,24 +89,29 @@ def write_keypair(private_path: Path, public_path: Path, overwrite: bool = False
     return True
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
+def load_pem_key(path: Path, kind: Any, what: str, hint: str = "") -> Any:
+    """The PEM key in ``path`` (private or public, as ``kind`` says), or a ConfigError naming it."""
+    private = "Private" in kind.__name__
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+        key = (
+            serialization.load_pem_private_key(data, password=None)
+            if private
+            else serialization.load_pem_public_key(data)
+        )
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the Ed25519 private key {path}: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 private key")
+        raise ConfigError(f"cannot read the {what} {path}: {exc}{hint}") from exc
+    if not isinstance(key, kind):
+        raise ConfigError(f"{path} is not an {what}")
     return key
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    return load_pem_key(path, Ed25519PrivateKey, "Ed25519 private key")
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the Ed25519 public key {path}: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} is not an Ed25519 public key")
-    return key
+    return load_pem_key(path, Ed25519PublicKey, "Ed25519 public key")
 
 
 class SiteSigner:
