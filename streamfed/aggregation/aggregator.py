@@ -13,6 +13,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ from streamfed.serde.tensors import params_from_bytes, params_to_bytes, sha256_h
 from streamfed.topology.spec import AggregationSpec, EnergySpec, KafkaSpec
 
 log = logging.getLogger(__name__)
+
+# A transaction step that has not finished in this time is rolled back and redone (each takes
+# milliseconds on a healthy broker); a longer wait would only stall versions while updates pile up.
+TXN_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,33 @@ def _pending(
     )
 
 
+def _bounded(call: Callable[[], None], timeout_s: float) -> None:
+    """Run a blocking client call, but give up after ``timeout_s`` (+ 5 s grace).
+
+    librdkafka's send_offsets_to_transaction can ignore its own timeout when the group coordinator
+    goes away (confluentinc/librdkafka#5456, #5511): seen here when the broker restarts. A call that
+    does not return raises a *fatal* error, so the caller replaces the producer (a new one with the
+    same transactional.id fences the stuck one) instead of waiting forever.
+    """
+    box: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller's thread
+            box["exc"] = exc
+
+    worker = threading.Thread(target=run, name="streamfed-txn-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s + 5.0)
+    if worker.is_alive():
+        raise KafkaException(
+            KafkaError(KafkaError._TIMED_OUT, f"transaction call did not return in {timeout_s + 5.0:.0f} s", fatal=True)
+        )
+    if "exc" in box:
+        raise box["exc"]
+
+
 class Rejected(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -153,6 +185,7 @@ class Aggregator:
         self._rejects: DeadLetterSink | None = None
         self._txn_open = False
         self._txn_started = 0.0
+        self._cluster_checked = 0.0
         self.state = AggregatorState(0, model.initial_params.astype(np.float32))
         self._last_seq: dict[str, int] = {}
         self._processed: dict[str, int] = {}
@@ -273,6 +306,7 @@ class Aggregator:
                         break
                     if max_versions is not None and self.report.versions >= max_versions:
                         break
+                self._watch_cluster()
                 if self.secure is not None:
                     self._secure_step()
                 self._maybe_flush()
@@ -578,8 +612,10 @@ class Aggregator:
         try:
             self._ensure_txn()
             if offsets:
-                self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 60)
-            self._producer.commit_transaction(60)
+                meta = self._consumer.consumer_group_metadata()
+                producer = self._producer
+                _bounded(lambda: producer.send_offsets_to_transaction(offsets, meta, TXN_TIMEOUT_S), TXN_TIMEOUT_S)
+            self._producer.commit_transaction(TXN_TIMEOUT_S)
         except KafkaException as exc:
             self._recover(exc)
             return False
@@ -627,6 +663,21 @@ class Aggregator:
                 if self.stop_event.wait(1.0):
                     raise
         self._rejects = DeadLetterSink(self._producer, self.topics.rejected, "aggregator", None)
+
+    def _watch_cluster(self, every_s: float = 5.0) -> None:
+        """Notice a broker that came back as a new cluster even when no transaction failed on it (an
+        idle aggregator would otherwise keep fetching at offsets that mean nothing there)."""
+        assert self._consumer is not None
+        now = time.monotonic()
+        if now - self._cluster_checked < every_s:
+            return
+        self._cluster_checked = now
+        try:
+            cluster_id = self._consumer.list_topics(timeout=2).cluster_id or ""
+        except KafkaException:
+            return  # the broker is away; librdkafka reconnects by itself
+        if cluster_id and self.state.cluster_id and cluster_id != self.state.cluster_id:
+            self._recover(KafkaException(KafkaError(KafkaError._STATE, f"the broker is now cluster {cluster_id}")))
 
     def _check_cluster(self) -> None:
         """A broker that came back without its data (the embedded one keeps nothing) is a new cluster:
