@@ -420,7 +420,7 @@ def run_secure(
         epsilon_per_record=max(lr.report.epsilon_per_record for lr in learners.values()),
         sigma=sigma,
         threshold=topo.aggregation.secure.threshold,
-        noise_std=sigma * topo.privacy.clip_norm / math.sqrt(topo.aggregation.secure.threshold),
+        noise_std=sigma * topo.privacy.clip_norm / server.buffer.params.noise_divisor,
         unmask_error=server.max_unmask_error,
         scale=server.buffer.params.scale,
     )

@@ -672,22 +672,26 @@ class Aggregator:
         if now - self._cluster_checked < every_s:
             return
         self._cluster_checked = now
-        try:
-            cluster_id = self._consumer.list_topics(timeout=2).cluster_id or ""
-        except KafkaException:
-            return  # the broker is away; librdkafka reconnects by itself
+        cluster_id = self._cluster_id(timeout_s=2)  # None: the broker is away; librdkafka reconnects by itself
         if cluster_id and self.state.cluster_id and cluster_id != self.state.cluster_id:
             self._recover(KafkaException(KafkaError(KafkaError._STATE, f"the broker is now cluster {cluster_id}")))
+
+    def _cluster_id(self, timeout_s: float) -> str | None:
+        """The broker's cluster id, or None when it does not answer in time."""
+        assert self._consumer is not None
+        try:
+            return self._consumer.list_topics(timeout=timeout_s).cluster_id or ""
+        except KafkaException as exc:
+            log.debug("cannot read the cluster id (%s)", exc.args[0])
+            return None
 
     def _check_cluster(self) -> None:
         """A broker that came back without its data (the embedded one keeps nothing) is a new cluster:
         the old offsets mean nothing there. Keep version and sequences, read its topics from the start,
         and announce the current version on its empty models topic."""
-        assert self._consumer is not None
-        try:
-            cluster_id = self._consumer.list_topics(timeout=10).cluster_id or ""
-        except KafkaException as exc:
-            log.warning("cannot read the cluster id (%s)", exc.args[0])
+        cluster_id = self._cluster_id(timeout_s=10)
+        if cluster_id is None:
+            log.warning("cannot read the cluster id after a rollback")
             return
         if not cluster_id or cluster_id == self.state.cluster_id:
             return

@@ -10,7 +10,7 @@ from streamfed.aggregation.rules import make_rule
 from streamfed.aggregation.secure import SecureBuffer
 from streamfed.learners.model import SiteModel
 from streamfed.privacy.accountant import resolve_noise_multiplier
-from streamfed.privacy.secagg import SecAggParams, default_bound
+from streamfed.privacy.secagg import secagg_params
 from streamfed.privacy.signing import FileKeyring
 from streamfed.serde.avro import default_registry
 from streamfed.topology.spec import Topology
@@ -56,12 +56,3 @@ def build_aggregator(topo: Topology) -> Aggregator:
         secagg_topic=topo.secagg_topic,
     )
 
-
-def secagg_params(topo: Topology) -> SecAggParams:
-    """The secure-aggregation parameters every party of ``topo`` derives alike."""
-    spec = topo.aggregation.secure
-    if spec is None:
-        raise ValueError(f"topology {topo.name} does not enable aggregation.secure")
-    sigma = resolve_noise_multiplier(topo.privacy)
-    bound = spec.bound or default_bound(topo.privacy.clip_norm, sigma, spec.threshold)
-    return SecAggParams(topo.name, tuple(sorted(s.id for s in topo.sites)), spec.threshold, bound)

@@ -54,7 +54,6 @@ class SecureBuffer:
         self.requested_at = 0.0
         self.reveals: dict[str, Reveal] = {}
         self.bad_reveals = 0
-        self.dropouts = 0
 
     def __len__(self) -> int:
         return len(self.updates)
@@ -127,7 +126,6 @@ class SecureBuffer:
                 "key_id": "",
                 "signature": b"",
             }
-            self.dropouts += len(dropped)
             log.info("secure buffer %d: request with %s, dropped %s", self.buffer, survivors, dropped or "none")
         self.requested_at = self.clock()
         return self.request
@@ -163,7 +161,6 @@ class SecureBuffer:
             s in self.reveals and dropped <= set(self.reveals[s].pair_seeds) for s in survivors
         ):
             return None
-        n = next(iter(self.updates.values())).delta.size
         used = [self.updates[s] for s in survivors]
         masked = [MaskedUpdate(u.site_id, self.buffer, u.delta.astype(np.uint32), {}) for u in used]
         total = self.server.unmask(masked, list(self.reveals.values()))
@@ -171,5 +168,4 @@ class SecureBuffer:
         for u in used:
             u.staleness = 0
             u.weight = 1.0 / len(used)
-        assert mean.size == n
         return mean, used

@@ -41,12 +41,12 @@ def validate(file: Annotated[str, typer.Argument(help="topology YAML file or nam
         highlight=False,
     )
     if topo.aggregation.secure is not None:
-        from streamfed.aggregation.build import secagg_params
+        from streamfed.privacy.secagg import secagg_params
 
         sp = secagg_params(topo)
         out.print(
             f"# secure aggregation: cohort {len(sp.cohort)}, threshold t = {sp.threshold}, per-site noise std "
-            f"{sigma * topo.privacy.clip_norm / sp.threshold**0.5:.4f} (sigma C / sqrt(t); every unmasked sum "
+            f"{sigma * topo.privacy.clip_norm / sp.noise_divisor:.4f} (sigma C / sqrt(t); every unmasked sum "
             f"carries >= sigma C), coordinate bound {sp.bound:.4f}, quantisation scale {sp.scale:.4g}",
             highlight=False,
         )

@@ -41,7 +41,9 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from streamfed.errors import AggregationError
-from streamfed.privacy.signing import load_pem_key
+from streamfed.privacy.accountant import resolve_noise_multiplier
+from streamfed.privacy.signing import load_pem_key, pem_pair, write_keypair
+from streamfed.topology.spec import Topology
 
 U32 = npt.NDArray[np.uint32]
 PRIME = 2**521 - 1  # a Mersenne prime: 256-bit seeds are field elements
@@ -282,19 +284,7 @@ class SecAggServer:
 # -- keys and parameters shared by sites and the aggregator ------------------------------------
 def write_x25519_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> bool:
     """Write a new X25519 key pair (PEM) unless one exists; returns whether a pair was written."""
-    if private_path.exists() and public_path.exists() and not overwrite:
-        return False
-    key = X25519PrivateKey.generate()
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
-    private_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    private_path.chmod(0o600)
-    public_path.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return True
+    return write_keypair(private_path, public_path, overwrite, lambda: pem_pair(X25519PrivateKey.generate()))
 
 
 def load_x25519_private(path: Path) -> X25519PrivateKey:
@@ -321,6 +311,21 @@ class SecAggParams:
     @property
     def context(self) -> bytes:
         return f"streamfed-secagg/{self.topology}".encode()
+
+    @property
+    def noise_divisor(self) -> float:
+        """Each site adds ``sigma C / sqrt(t)``: any sum the aggregator can unmask carries ``sigma C``."""
+        return float(np.sqrt(self.threshold))
+
+
+def secagg_params(topo: Topology) -> SecAggParams:
+    """The secure-aggregation parameters every party of ``topo`` derives alike."""
+    spec = topo.aggregation.secure
+    if spec is None:
+        raise ValueError(f"topology {topo.name} does not enable aggregation.secure")
+    sigma = resolve_noise_multiplier(topo.privacy)
+    bound = spec.bound or default_bound(topo.privacy.clip_norm, sigma, spec.threshold)
+    return SecAggParams(topo.name, tuple(sorted(s.id for s in topo.sites)), spec.threshold, bound)
 
 
 def default_bound(clip_norm: float, sigma: float, threshold: int) -> float:

@@ -64,9 +64,8 @@ def key_id(pub: Ed25519PublicKey) -> str:
     return hashlib.sha256(_raw(pub)).hexdigest()[:16]
 
 
-def generate_keypair() -> tuple[bytes, bytes]:
-    """(private PEM, public PEM) of a new Ed25519 key."""
-    priv = Ed25519PrivateKey.generate()
+def pem_pair(priv: Any) -> tuple[bytes, bytes]:
+    """(private PEM, public PEM) of a private key object (Ed25519 or X25519)."""
     priv_pem = priv.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -76,11 +75,21 @@ def generate_keypair() -> tuple[bytes, bytes]:
     return priv_pem, pub_pem
 
 
-def write_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> bool:
-    """Write a new key pair unless one exists; returns whether a pair was written."""
+def generate_keypair() -> tuple[bytes, bytes]:
+    """(private PEM, public PEM) of a new Ed25519 key."""
+    return pem_pair(Ed25519PrivateKey.generate())
+
+
+def write_keypair(
+    private_path: Path,
+    public_path: Path,
+    overwrite: bool = False,
+    generate: Callable[[], tuple[bytes, bytes]] = generate_keypair,
+) -> bool:
+    """Write a new key pair (PEM, from ``generate``) unless one exists; returns whether one was written."""
     if private_path.exists() and public_path.exists() and not overwrite:
         return False
-    priv, pub = generate_keypair()
+    priv, pub = generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)
     private_path.write_bytes(priv)

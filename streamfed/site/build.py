@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 
 from streamfed.privacy.accountant import PrivacyLedger, resolve_noise_multiplier
-from streamfed.privacy.secagg import load_x25519_private, load_x25519_public
+from streamfed.privacy.secagg import load_x25519_private, load_x25519_public, secagg_params
 from streamfed.privacy.signing import FileSigner
 from streamfed.serde.avro import AvroCodec
 from streamfed.site.learner import SiteLearner, SiteState
@@ -36,15 +35,13 @@ def build_learner(
         state=SiteState(home / "state.json" if persist else None),
         sigma=resolve_noise_multiplier(topo.privacy),
         rng=rng,
-        noise_divisor=math.sqrt(topo.aggregation.secure.threshold) if topo.aggregation.secure else 1.0,
+        noise_divisor=secagg_params(topo).noise_divisor if topo.aggregation.secure is not None else 1.0,
         **kw,  # type: ignore[arg-type]
     )
 
 
 def build_secure_site(topo: Topology, learner: SiteLearner) -> SecureSite:
     """The site's secure-aggregation client: its X25519 key and every peer's public key."""
-    from streamfed.aggregation.build import secagg_params
-
     params = secagg_params(topo)
     site = topo.site(learner.site_id)
     key = load_x25519_private(topo.secagg_private_key_path(site))

@@ -230,6 +230,8 @@ class SiteProcessor:
     def _poll_secagg(self) -> None:
         """Answer the aggregator's recovery requests with signed reveals."""
         assert self._secagg is not None and self.secure is not None and self._producer is not None
+        topic = self.topics.secagg
+        assert topic is not None
         for msg in self._secagg.consume(100, 0):
             if msg.error() is not None:
                 continue
@@ -239,9 +241,9 @@ class SiteProcessor:
                 log.warning("site=%s ignores an unreadable secagg message at %d: %s", self.site_id, msg.offset(), exc)
                 continue
             reveal = self.secure.answer(rec, self.learner.base_version)
-            if reveal is not None and self.topics.secagg is not None:
+            if reveal is not None:
                 self._producer.produce(
-                    self.topics.secagg, key=str(reveal["buffer"]).encode(), value=self._secagg_codec.encode(reveal)
+                    topic, key=str(reveal["buffer"]).encode(), value=self._secagg_codec.encode(reveal)
                 )
                 self._producer.poll(0)
 

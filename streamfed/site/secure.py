@@ -47,7 +47,6 @@ class SecureSite:
         self.rng = rng
         self.sent_for: int | None = None
         self._answered: set[str] = set()
-        self.reveals = 0
         self.refusals = 0
         # What this site revealed, per buffer, survives restarts: a restarted site must still refuse a
         # request that contradicts one it answered before.
@@ -65,10 +64,6 @@ class SecureSite:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.state_path)
-
-    @property
-    def noise_divisor(self) -> float:
-        return float(np.sqrt(self.params.threshold))
 
     def can_publish(self, base_version: int) -> bool:
         """One masked update per buffer: a second one would double this site's weight in the sum."""
@@ -119,5 +114,4 @@ class SecureSite:
             "key_id": "",
         }
         rec["key_id"], rec["signature"] = self.signer.sign_bytes(reveal_message(rec))
-        self.reveals += 1
         return rec

@@ -12,11 +12,11 @@ import pytest
 from scipy import stats
 
 from streamfed.aggregation.aggregator import Aggregator, Rejected
-from streamfed.aggregation.build import build_aggregator, secagg_params
+from streamfed.aggregation.build import build_aggregator
 from streamfed.aggregation.secure import SecureBuffer
 from streamfed.errors import ConfigError
 from streamfed.privacy.accountant import resolve_noise_multiplier
-from streamfed.privacy.secagg import write_x25519_keypair
+from streamfed.privacy.secagg import secagg_params, write_x25519_keypair
 from streamfed.privacy.signing import write_keypair
 from streamfed.serde import AvroCodec
 from streamfed.site.build import build_learner, build_secure_site
