@@ -2,12 +2,14 @@
 
 Everything runs in process on the platform's real code paths: records come from the topology's
 ``source`` sections through ``read_source_rows`` (what ``streamfed replay`` produces) and the
-topology's ``Featurizer``; every arm learns with ``SiteLearner`` (river online learner, torch deep
-steps from the replay buffer, prequential scoring); federated updates are made by
-``SiteLearner.make_update`` (clip, Gaussian noise with sigma calibrated by dp-accounting from the
-topology's per-record epsilon, ledger, Ed25519 signature), encoded as Avro, checked by
-``Aggregator.verify`` and combined by the topology's ``FedBuff`` and rule. No broker: time triggers
-are disabled (a stopped clock), so a run is deterministic for a given seed.
+topology's ``Featurizer``; every arm learns with ``SiteLearner`` (the personal model: river online
+learner on every record, torch steps from its replay buffer where the topology has a deep model;
+the served blend; prequential scoring of personal, global and served); federated updates are made
+by ``SiteLearner.make_update`` (per-record clipped gradients, Gaussian noise with sigma calibrated by
+dp-accounting from the topology's per-record epsilon, ledger, Ed25519 signature), encoded as Avro,
+checked by ``Aggregator.verify`` and combined by the topology's ``FedBuff``, rule and server
+optimizer. No broker: time triggers are disabled (a stopped clock), so a run is deterministic for a
+given seed.
 
 ``run_secure`` drives secure aggregation (``aggregation.secure``) the same way: each update is
 noised with sigma C / sqrt(t), quantised and masked by ``SecureSite.encode`` before signing, checked
@@ -34,7 +36,7 @@ from streamfed.aggregation.aggregator import Aggregator, Rejected
 from streamfed.aggregation.build import build_aggregator
 from streamfed.aggregation.secure import SecureBuffer
 from streamfed.learners.features import Featurizer
-from streamfed.privacy.accountant import epsilon_for, resolve_noise_multiplier
+from streamfed.privacy.accountant import resolve
 from streamfed.privacy.secagg import write_x25519_keypair
 from streamfed.privacy.signing import write_keypair
 from streamfed.serde.avro import AvroCodec
@@ -47,6 +49,8 @@ from streamfed.topology import Topology, load_topology
 from streamfed.topology.loader import schema_fields
 
 NEVER = 1 << 40  # an update trigger that never fires (local-only and centralised arms publish nothing)
+BATCH = 10  # records a site learns at a time: what a 0.1 s poll holds at the topologies' replay rates
+KINDS = ("served", "local", "global")  # the three prequential scores of a site
 
 
 class _StoppedClock:
@@ -131,36 +135,48 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
 
 @dataclass
 class ArmResult:
-    """Prequential scores of one arm: each record scored before it was learnt."""
+    """Prequential scores of one arm: each record scored before it was learnt.
+
+    ``scores[kind][site]`` for kind ``served`` (personal and global blended), ``local`` (the personal
+    model) and ``global`` (the global version); arms that publish nothing have ``local`` only.
+    """
 
     name: str
-    scores: dict[str, np.ndarray]
+    scores: dict[str, dict[str, np.ndarray]]
     versions: int = 0
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     epsilon_per_record: float | None = None
+    epsilon_rdp: float | None = None
+    epsilon_pld: float | None = None
     sigma: float | None = None
     threshold: int | None = None  # secure aggregation's t
-    noise_std: float | None = None  # the std each site adds per coordinate (sigma C, or sigma C / sqrt(t))
-    unmask_error: float | None = None  # secure: largest |unmasked mean - mean of noised deltas|
+    noise_std: float | None = None  # the std each site adds to each sum (sigma C, or sigma C / sqrt(t))
+    unmask_error: float | None = None  # secure: largest |unmasked step - mean of the sites' steps|
     scale: float | None = None  # secure: the quantisation scale
 
-    def site_auc(self, data: Mapping[str, SiteData]) -> dict[str, float]:
-        return {s: auc(data[s].y, self.scores[s]) for s in data}
+    def site_auc(self, data: Mapping[str, SiteData], kind: str = "local") -> dict[str, float]:
+        return {s: auc(data[s].y, self.scores[kind][s]) for s in data}
 
-    def mean_site_auc(self, data: Mapping[str, SiteData]) -> float:
-        vals = [v for v in self.site_auc(data).values() if not math.isnan(v)]
+    def mean_site_auc(self, data: Mapping[str, SiteData], kind: str = "local") -> float:
+        vals = [v for v in self.site_auc(data, kind).values() if not math.isnan(v)]
         return float(np.mean(vals)) if vals else float("nan")
 
-    def pooled_auc(self, data: Mapping[str, SiteData]) -> float:
-        return auc(np.concatenate([data[s].y for s in data]), np.concatenate([self.scores[s] for s in data]))
+    def pooled_auc(self, data: Mapping[str, SiteData], kind: str = "local") -> float:
+        return auc(np.concatenate([data[s].y for s in data]), np.concatenate([self.scores[kind][s] for s in data]))
 
 
-def _learner(topo: Topology, site: str, seed: int, publish: bool) -> SiteLearner:
+def _learner(topo: Topology, site: str, seed: int, publish: bool, contribute: bool | None = None) -> SiteLearner:
     if not publish:
         topo = topo.model_copy(update={"update": topo.update.model_copy(update={"every_records": NEVER})})
     return build_learner(
-        topo, site, rng=np.random.default_rng(seed), persist=False, clock=_StoppedClock(), device="cpu"
+        topo,
+        site,
+        rng=np.random.default_rng(seed),
+        persist=False,
+        clock=_StoppedClock(),
+        device="cpu",
+        contribute=publish if contribute is None else contribute,
     )
 
 
@@ -172,39 +188,53 @@ def _keys(topo: Topology) -> None:
             write_x25519_keypair(topo.secagg_private_key_path(s), topo.secagg_public_key_path(s))
 
 
-def _empty_scores(data: Mapping[str, SiteData]) -> dict[str, np.ndarray]:
-    return {s: np.full(len(d.y), np.nan, dtype=np.float32) for s, d in data.items()}
+def _empty_scores(data: Mapping[str, SiteData], kinds: tuple[str, ...] = KINDS) -> dict[str, dict[str, np.ndarray]]:
+    return {k: {s: np.full(len(d.y), np.nan, dtype=np.float32) for s, d in data.items()} for k in kinds}
 
 
-def run_local(topo: Topology, data: Mapping[str, SiteData], plan: list[list[tuple[str, int, int]]]) -> ArmResult:
-    """Each site learns only its own stream (no updates leave it, so no noise)."""
-    _keys(topo)
-    learners = {s: _learner(topo, s, 1000 + i, publish=False) for i, s in enumerate(data)}
-    scores = _empty_scores(data)
+def _batches(plan: list[list[tuple[str, int, int]]]) -> Iterator[tuple[str, int, int]]:
+    """The plan's slices cut into batches of at most ``BATCH`` records, in plan order."""
     for part in plan:
         for s, a, b in part:
-            lr = learners[s]
-            scores[s][a:b] = lr.learn(data[s].X[a:b], data[s].y[a:b])
-            lr.maybe_step()
+            for lo in range(a, b, BATCH):
+                yield s, lo, min(b, lo + BATCH)
+
+
+def run_local(
+    topo: Topology, data: Mapping[str, SiteData], plan: list[list[tuple[str, int, int]]], seed: int = 0
+) -> ArmResult:
+    """Each site learns only its own stream (no updates leave it, so no noise)."""
+    _keys(topo)
+    learners = {s: _learner(topo, s, 1000 + 7919 * seed + i, publish=False) for i, s in enumerate(data)}
+    scores = _empty_scores(data, ("local",))
+    for s, a, b in _batches(plan):
+        lr = learners[s]
+        scores["local"][s][a:b] = lr.learn(data[s].X[a:b], data[s].y[a:b]).personal
+        lr.maybe_step()
     return ArmResult("local-only", scores)
 
 
-def run_central(topo: Topology, data: Mapping[str, SiteData], plan: list[list[tuple[str, int, int]]]) -> ArmResult:
-    """One learner on the pooled stream, in the same order (the upper bound: no sites, no noise)."""
+def run_central(
+    topo: Topology, data: Mapping[str, SiteData], plan: list[list[tuple[str, int, int]]], seed: int = 0
+) -> ArmResult:
+    """One learner on the pooled stream, in the same order (no sites, no noise)."""
     _keys(topo)
-    lr = _learner(topo, next(iter(data)), 999, publish=False)
-    scores = _empty_scores(data)
+    lr = _learner(topo, next(iter(data)), 999 + 7919 * seed, publish=False)
+    scores = _empty_scores(data, ("local",))
     for part in plan:
-        X = np.concatenate([data[s].X[a:b] for s, a, b in part])
-        y = np.concatenate([data[s].y[a:b] for s, a, b in part])
-        t = np.concatenate([data[s].t[a:b] for s, a, b in part])
+        rows = [(s, lo, min(b, lo + BATCH)) for s, a, b in part for lo in range(a, b, BATCH)]
+        X = np.concatenate([data[s].X[a:b] for s, a, b in rows])
+        y = np.concatenate([data[s].y[a:b] for s, a, b in rows])
+        t = np.concatenate([data[s].t[a:b] for s, a, b in rows])
         order = np.argsort(t, kind="stable")
         p = np.empty(len(y), dtype=np.float32)
-        p[order] = lr.learn(X[order], y[order])
-        lr.maybe_step()
+        for lo in range(0, len(order), BATCH * len(part)):  # the pooled stream in batches, like the sites'
+            idx = order[lo : lo + BATCH * len(part)]
+            p[idx] = lr.learn(X[idx], y[idx]).personal
+            lr.maybe_step()
         k = 0
-        for s, a, b in part:
-            scores[s][a:b] = p[k : k + b - a]
+        for s, a, b in rows:
+            scores["local"][s][a:b] = p[k : k + b - a]
             k += b - a
     return ArmResult("centralised", scores)
 
@@ -238,14 +268,32 @@ class Server:
         self.agg.report.accepted += 1
         if not self.agg.fedbuff.add(pending):
             return False
-        params, _used = self.agg.fedbuff.aggregate(self.agg.state.params, self.agg.state.version)
-        self.agg.state.version += 1
-        self.agg.state.params = params
+        state = self.agg.state
+        state.params, _used, state.opt = self.agg.fedbuff.aggregate(state.params, state.version, state.opt)
+        state.version += 1
         self.agg.report.versions += 1
         return True
 
     def sha(self) -> str:
         return sha256_hex(params_to_bytes(self.params))
+
+
+def _learn(lr: SiteLearner, data: SiteData, a: int, b: int, scores: dict[str, dict[str, np.ndarray]], s: str) -> None:
+    got = lr.learn(data.X[a:b], data.y[a:b])
+    scores["served"][s][a:b] = got.served
+    scores["local"][s][a:b] = got.personal
+    scores["global"][s][a:b] = got.global_
+    lr.maybe_step()
+
+
+def _privacy(topo: Topology) -> dict[str, float]:
+    _, cal = resolve(topo.privacy)
+    return {
+        "epsilon_per_record": cal.epsilon,
+        "epsilon_rdp": cal.epsilon_rdp,
+        "epsilon_pld": cal.epsilon_pld,
+        "sigma": cal.sigma,
+    }
 
 
 def run_federated(
@@ -256,37 +304,34 @@ def run_federated(
     on_version: Callable[[int], None] | None = None,
 ) -> ArmResult:
     """StreamFed: every site learns its stream and publishes private updates; each new version
-    reaches every site at once. Scores are the global model's, before the site learns the record."""
+    reaches every site at once. Every record is scored by the served blend, the personal model and
+    the global version before anything learns it."""
     server = Server(topo)
     root = np.random.default_rng(seed)
     learners = {s: _learner(topo, s, int(root.integers(1 << 62)), publish=True) for s in data}
     scores = _empty_scores(data)
-    for part in plan:
-        for s, a, b in part:
-            lr = learners[s]
-            X, y = data[s].X[a:b], data[s].y[a:b]
-            scores[s][a:b] = lr.global_model.predict_proba_many(X)
-            lr.learn(X, y)
-            lr.maybe_step()
-            if not lr.due():
-                continue
+    for s, a, b in _batches(plan):
+        lr = learners[s]
+        _learn(lr, data[s], a, b, scores, s)
+        while lr.due():
             record = lr.make_update()
-            if record is not None and server.submit(record):
+            if record is None:
+                break
+            if server.submit(record):
                 sha = server.sha()
                 for other in learners.values():
                     other.rebase(server.version, server.params, sha)
                 if on_version is not None:
                     on_version(server.version)
-    sigma = resolve_noise_multiplier(topo.privacy)
+    priv = _privacy(topo)
     return ArmResult(
         "streamfed",
         scores,
         versions=server.agg.report.versions,
         accepted=server.agg.report.accepted,
         rejected=dict(server.agg.report.rejected_reasons),
-        epsilon_per_record=max(lr.report.epsilon_per_record for lr in learners.values()),
-        sigma=sigma,
-        noise_std=sigma * topo.privacy.clip_norm,
+        noise_std=priv["sigma"] * topo.privacy.clip_norm,
+        **priv,
     )
 
 
@@ -354,17 +399,19 @@ class SecureServer:
         if out is None:
             raise RuntimeError(f"secure buffer {self.buffer.buffer} could not be unmasked with every site's reveal")
         mean, used = out
-        # What the protocol must give: the mean of the noised deltas (each clipped to the bound), up
-        # to one quantisation step per site. The benchmark stops if the real path gives anything else.
+        # What the protocol must give: the sum of the sites' noised sums (each clipped to the bound)
+        # over their slots, up to one quantisation step per site. The benchmark stops otherwise.
         bound = self.buffer.params.bound
-        expected = np.mean([np.clip(self.noised.pop(u.site_id), -bound, bound) for u in used], axis=0)
-        err = float(np.max(np.abs(mean - expected)))
+        slots = sum(u.num_examples for u in used)
+        expected = np.sum([np.clip(self.noised.pop(u.site_id), -bound, bound) for u in used], axis=0) / slots
+        err = float(np.max(np.abs(mean - expected))) * slots
         self.max_unmask_error = max(self.max_unmask_error, err)
-        if err > 2.0 / self.buffer.params.scale:
-            raise RuntimeError(f"secure buffer {self.buffer.buffer}: unmasked mean is off by {err:.3g}")
-        new = self.params.astype(np.float64) + self.topo.aggregation.server_learning_rate * mean
-        self.agg.state.version += 1
-        self.agg.state.params = new.astype(np.float32)
+        if err > 2.0 * len(used) / self.buffer.params.scale:
+            raise RuntimeError(f"secure buffer {self.buffer.buffer}: unmasked sum is off by {err:.3g}")
+        state = self.agg.state
+        assert self.agg.fedbuff.optimizer is not None
+        state.params, state.opt = self.agg.fedbuff.optimizer.step(state.params, mean.astype(np.float32), state.opt)
+        state.version += 1
         self.agg.report.versions += 1
         self.buffer.reset(self.agg.state.version)
         return True
@@ -395,41 +442,36 @@ def run_secure(
     learners = {s: _learner(topo, s, int(root.integers(1 << 62)), publish=True) for s in data}
     secure = {s: build_secure_site(topo, lr) for s, lr in learners.items()}
     scores = _empty_scores(data)
-    for part in plan:
-        for s, a, b in part:
-            lr = learners[s]
-            X, y = data[s].X[a:b], data[s].y[a:b]
-            scores[s][a:b] = lr.global_model.predict_proba_many(X)
-            lr.learn(X, y)
-            lr.maybe_step()
-            if not lr.due() or not secure[s].can_publish(lr.base_version):
-                continue
-            record = lr.make_update(encode=_keeping(server.noised, s, secure[s]))
-            bases = {o: other.base_version for o, other in learners.items()}
-            if record is not None and server.submit(record, secure, bases):
-                sha = server.sha()
-                for other in learners.values():
-                    other.rebase(server.version, server.params, sha)
-    sigma = resolve_noise_multiplier(topo.privacy)
+    for s, a, b in _batches(plan):
+        lr = learners[s]
+        _learn(lr, data[s], a, b, scores, s)
+        if not lr.due() or not secure[s].can_publish(lr.base_version):
+            continue
+        record = lr.make_update(encode=_keeping(server.noised, s, secure[s]))
+        bases = {o: other.base_version for o, other in learners.items()}
+        if record is not None and server.submit(record, secure, bases):
+            sha = server.sha()
+            for other in learners.values():
+                other.rebase(server.version, server.params, sha)
+    priv = _privacy(topo)
     return ArmResult(
         "secure",
         scores,
         versions=server.agg.report.versions,
         accepted=server.agg.report.accepted,
         rejected=dict(server.agg.report.rejected_reasons),
-        epsilon_per_record=max(lr.report.epsilon_per_record for lr in learners.values()),
-        sigma=sigma,
         threshold=topo.aggregation.secure.threshold,
-        noise_std=sigma * topo.privacy.clip_norm / server.buffer.params.noise_divisor,
+        noise_std=priv["sigma"] * topo.privacy.clip_norm / server.buffer.params.noise_divisor,
         unmask_error=server.max_unmask_error,
         scale=server.buffer.params.scale,
+        **priv,
     )
 
 
 def per_record_epsilon(topo: Topology) -> tuple[float, float]:
-    """(sigma calibrated from the topology's target, the accountant's epsilon for k releases)."""
-    sigma = resolve_noise_multiplier(topo.privacy)
-    return sigma, epsilon_for(sigma, topo.privacy.max_updates_per_record, topo.privacy.delta)
+    """(sigma calibrated from the topology's target, the guarantee: the tighter of RDP and PLD)."""
+    _, cal = resolve(topo.privacy)
+    return cal.sigma, cal.epsilon
 
 
 def chunks(n: int, size: int) -> Iterator[tuple[int, int]]:

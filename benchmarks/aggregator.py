@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
 
 from _common import header, median, ratio, table
+from streamfed.learners.model import SiteModel
 
 from streamfed.aggregation.build import build_aggregator
 from streamfed.aggregation.rules import RULES
-from streamfed.learners.model import SiteModel
 from streamfed.privacy.accountant import resolve_noise_multiplier
 from streamfed.privacy.mechanisms import l2_norm
 from streamfed.privacy.signing import canonical_message, write_keypair

@@ -1,36 +1,35 @@
-"""Quality on real data: prequential AUC of StreamFed's global model at per-record epsilon 1, 4, 8,
-with and without secure aggregation, against centralised online training on the pooled stream
-(upper bound) and local-only models.
+"""Quality on real data: prequential AUC of what StreamFed serves at each site (personal and global
+blended), of its global model alone and of each site's personal model, at per-record epsilon 1, 4
+and 8, with and without secure aggregation, against centralised online training on the pooled
+stream (no privacy) and local-only models; several seeds, mean and spread.
 
 Data sets (from ``../shared/data``, through each topology's ``source`` sections, exactly the records
 ``streamfed replay`` would produce):
 
-- ``heart``: four hospitals of UCI Heart Disease (real sites; files have no time order, so sites are
-  interleaved proportionally in the topology's seeded shuffle order);
+- ``heart``: four hospitals of UCI Heart Disease (real sites; the files have no time order, so sites
+  are interleaved proportionally in the topology's seeded shuffle order);
 - ``bank``: UCI Bank Marketing in call-date order, split by job into six groups (an attribute split,
   not real sites);
 - ``beijing``: twelve Beijing air-quality stations, hourly in time order, PM2.5 > 75 next hour.
 
-Arms, all on the same pooled stream in the same order, all with the topology's model:
+Arms, all on the same pooled stream in the same order and the same batches (``_federation.BATCH``
+records per site at a time), all with the topology's model:
 
-- ``centralised``: one ``SiteLearner`` learns every record (no sites, no noise): the upper bound;
-- ``local-only``: every site's ``SiteLearner`` learns only its own records and publishes nothing;
-- ``streamfed eps=E``: the topology with ``privacy.epsilon = E`` (sigma calibrated by dp-accounting;
-  the printed epsilon is the accountant's for the k releases a record can reach), real clipping,
-  noise, signatures, ``Aggregator.verify`` and FedBuff (see ``_federation.py``);
-- ``secure eps=E t=T``: the same topology with ``aggregation.secure: {threshold: T}``: each site adds
-  noise sigma C / sqrt(T) (same sigma, same accountant), its update is quantised and masked by
-  ``SecureSite.encode``, checked by ``Aggregator.verify``, and a version is the mean unmasked by
-  ``SecureBuffer`` from the sites' signed reveals once every site has sent one update against the
-  current version (synchronous within a buffer, as the real mode; no dropouts in process). T is the
-  number of sites at every epsilon, and half of it at the highest epsilon.
+- ``centralised``: one ``SiteLearner``'s personal model learns every record (no sites, no noise);
+- ``local-only``: every site's personal model learns only its own records and publishes nothing;
+- ``streamfed eps=E``: the topology with ``privacy.epsilon = E`` (sigma calibrated by dp-accounting,
+  the tighter of RDP and PLD; both printed): real per-record clipping, noise, ledger, signatures,
+  ``Aggregator.verify``, FedBuff and the server optimizer. Three figures per arm: ``served`` (what the
+  site serves), ``global`` (the global version alone: what serving apps and new sites get) and
+  ``local`` (its personal model, which learns as in local-only);
+- ``secure eps=E t=T``: the same with ``aggregation.secure: {threshold: T}`` through the real secure
+  path in process (``SecureSite.encode``, ``Aggregator.verify``, ``SecureBuffer``); T = number of sites.
 
-Each record is scored before it is learnt (prequential). The figure is the mean over sites of the
-AUC of all of a site's scored records ("site AUC"); the pooled AUC over all records is also shown.
-For StreamFed the score is the current global version's; for local-only, the site's own model's.
+Each record is scored before it is learnt (prequential). "site AUC" is the mean over sites of the
+AUC of all of a site's scored records. Seeds change the sites' noise and sampling generators.
 
-    python benchmarks/quality.py            # all three data sets, epsilon 1, 4, 8 (~8 min on 2 cores)
-    python benchmarks/quality.py --quick    # smoke: heart, and the first rows of bank and beijing (< 60 s)
+    python benchmarks/quality.py            # all three data sets, epsilon 1, 4, 8, three seeds
+    python benchmarks/quality.py --quick    # smoke: heart, the first rows of bank and beijing, one seed (< 60 s)
 """
 
 from __future__ import annotations
@@ -43,183 +42,227 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _federation as F
 from _common import header, ratio, table
 
 DATASETS = ("heart", "bank", "beijing")
-TARGET_GAP = 0.02  # issue 5: at epsilon 8, within 0.02 AUC of centralised, and above local-only
+# Targets: served within 0.02 of centralised at epsilon 8 and 0.04 at epsilon 1, never more than 0.005
+# below local-only at any site; the global model alone within 0.03 of centralised at epsilon 8.
+SERVED_GAP = {8.0: 0.02, 1.0: 0.04}
+GLOBAL_GAP = {8.0: 0.03}
+SITE_MARGIN = 0.005
 QUICK_ROWS = {"heart": None, "bank": 1500, "beijing": 600}
 
 
-def _arm_name(res: F.ArmResult, epsilon_target: float | None) -> str:
-    if epsilon_target is None:
-        return res.name
-    if res.threshold is not None:
-        return f"secure eps={epsilon_target:g} t={res.threshold}"
-    return f"streamfed eps={epsilon_target:g}"
+def _stats(values: list[float]) -> dict[str, float]:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return {"mean": math.nan, "min": math.nan, "max": math.nan}
+    return {"mean": float(np.mean(v)), "min": float(min(v)), "max": float(max(v))}
+
+
+def _arm_rows(name: str, results: list[F.ArmResult], data: dict[str, F.SiteData], eps: float | None) -> dict[str, Any]:
+    kinds = [k for k in F.KINDS if k in results[0].scores]
+    first = results[0]
+    return {
+        "arm": name,
+        "epsilon_target": eps,
+        "secure": first.threshold is not None,
+        "threshold": first.threshold,
+        "epsilon_per_record": first.epsilon_per_record,
+        "epsilon_rdp": first.epsilon_rdp,
+        "epsilon_pld": first.epsilon_pld,
+        "sigma": first.sigma,
+        "noise_std": first.noise_std,
+        "unmask_error": max((r.unmask_error or 0.0) for r in results) if first.threshold else None,
+        "scale": first.scale,
+        "versions": [r.versions for r in results],
+        "rejected": [sum(r.rejected.values()) for r in results],
+        "site_auc": {k: _stats([r.mean_site_auc(data, k) for r in results]) for k in kinds},
+        "per_seed": {k: [r.mean_site_auc(data, k) for r in results] for k in kinds},
+        # per site, mean over seeds
+        "per_site": {k: {s: float(np.nanmean([r.site_auc(data, k)[s] for r in results])) for s in data} for k in kinds},
+    }
 
 
 def run_dataset(
-    name: str,
-    epsilons: list[float],
-    max_rows: int | None,
-    seed: int,
-    secure: bool = True,
-    secure_server_lr: float | None = None,
+    name: str, epsilons: list[float], max_rows: int | None, seeds: list[int], secure: bool = True
 ) -> dict[str, Any]:
     topo = F.load(name)
     t0 = time.perf_counter()
     data = F.load_sites(topo, max_rows=max_rows)
-    per_site = min(topo.update.every_records, 100)
-    plan = F.schedule(data, per_site * len(data))
-    rows: list[dict[str, Any]] = []
+    plan = F.schedule(data, F.BATCH * len(data))
+    arms: list[dict[str, Any]] = []
 
-    def add(res: F.ArmResult, seconds: float, epsilon_target: float | None = None) -> None:
-        rows.append(
-            {
-                "arm": _arm_name(res, epsilon_target),
-                "epsilon_target": epsilon_target,
-                "secure": res.threshold is not None,
-                "threshold": res.threshold,
-                "noise_std": res.noise_std,
-                "unmask_error": res.unmask_error,
-                "scale": res.scale,
-                "epsilon_per_record": res.epsilon_per_record,
-                "sigma": res.sigma,
-                "site_auc": res.mean_site_auc(data),
-                "pooled_auc": res.pooled_auc(data),
-                "per_site_auc": res.site_auc(data),
-                "versions": res.versions,
-                "accepted": res.accepted,
-                "rejected": sum(res.rejected.values()),
-                "seconds": seconds,
-            }
-        )
+    def arm(label: str, fn: Any, eps: float | None) -> None:
+        t = time.perf_counter()
+        results = [fn(seed) for seed in seeds]
+        row = _arm_rows(label, results, data, eps)
+        row["seconds"] = time.perf_counter() - t
+        arms.append(row)
+        print(f"  {name}: {label} done in {row['seconds']:.0f} s", file=sys.stderr, flush=True)
 
-    t = time.perf_counter()
-    add(F.run_central(topo, data, plan), time.perf_counter() - t)
-    t = time.perf_counter()
-    add(F.run_local(topo, data, plan), time.perf_counter() - t)
+    arm("centralised", lambda seed: F.run_central(topo, data, plan, seed), None)
+    arm("local-only", lambda seed: F.run_local(topo, data, plan, seed), None)
     for eps in epsilons:
         topo_e = F.load(name, {"privacy": {"epsilon": eps}})
-        t = time.perf_counter()
-        add(F.run_federated(topo_e, data, plan, seed=seed), time.perf_counter() - t, eps)
+        arm(f"streamfed eps={eps:g}", lambda seed, t=topo_e: F.run_federated(t, data, plan, seed=seed), eps)
     if secure:
-        n = len(data)
-        runs = [(eps, n) for eps in epsilons] + ([(max(epsilons), n // 2)] if 1 <= n // 2 < n else [])
-        for eps, thr in runs:
-            topo_s = F.secure_topology(name, eps, thr, secure_server_lr)
-            t = time.perf_counter()
-            add(F.run_secure(topo_s, data, plan, seed=seed), time.perf_counter() - t, eps)
+        for eps in epsilons:
+            topo_s = F.secure_topology(name, eps)
+            assert topo_s.aggregation.secure is not None
+            label = f"secure eps={eps:g} t={topo_s.aggregation.secure.threshold}"
+            arm(label, lambda seed, t=topo_s: F.run_secure(t, data, plan, seed=seed), eps)
     return {
         "dataset": name,
         "sites": {s: {"records": len(d.y), "dead_letters": d.dead} for s, d in data.items()},
         "records": sum(len(d.y) for d in data.values()),
+        "seeds": seeds,
         "model": {
             "params": F.Server(topo).params.size,
             "deep": topo.model.deep.enabled,
+            "mechanism": topo.privacy.mechanism,
             "every_records": topo.update.every_records,
             "buffer_size": topo.aggregation.buffer_size,
+            "server_optimizer": topo.aggregation.server_optimizer,
             "server_learning_rate": topo.aggregation.server_learning_rate,
-            "k": topo.privacy.max_updates_per_record,
             "delta": topo.privacy.delta,
             "clip_norm": topo.privacy.clip_norm,
-            "secure_server_learning_rate": secure_server_lr,
         },
-        "arms": rows,
+        "arms": arms,
         "seconds": time.perf_counter() - t0,
     }
 
 
-def report(result: dict[str, Any]) -> None:
-    name, arms = result["dataset"], result["arms"]
-    m = result["model"]
+def _cell(st: dict[str, float]) -> str:
+    if math.isnan(st["mean"]):
+        return "-"
+    if st["max"] - st["min"] < 5e-4:
+        return f"{st['mean']:.3f}"
+    return f"{st['mean']:.3f} [{st['min']:.3f}, {st['max']:.3f}]"
+
+
+def report(result: dict[str, Any]) -> list[str]:
+    """Print the data set's table and target lines; returns the targets missed."""
+    name, arms, m = result["dataset"], result["arms"], result["model"]
     print(
         f"## {name}: {len(result['sites'])} sites, {result['records']:,} records, {m['params']} parameters "
-        f"(deep {'on' if m['deep'] else 'off'}), update every {m['every_records']} records, K={m['buffer_size']}, "
-        f"server lr {m['server_learning_rate']}, k={m['k']}, delta={m['delta']:g}, C={m['clip_norm']}"
+        f"(deep {'on' if m['deep'] else 'off'}), mechanism {m['mechanism']}, window {m['every_records']}, "
+        f"K={m['buffer_size']}, server {m['server_optimizer']} lr {m['server_learning_rate']}, "
+        f"delta={m['delta']:g}, C={m['clip_norm']}, seeds {result['seeds']}"
     )
-    if m.get("secure_server_learning_rate") is not None:
-        print(f"secure arms: server lr {m['secure_server_learning_rate']}")
     central = next(a for a in arms if a["arm"] == "centralised")
     local = next(a for a in arms if a["arm"] == "local-only")
+    c_auc = central["site_auc"]["local"]["mean"]
     rows = []
     for a in arms:
-        eps = a["epsilon_per_record"]
+        auc = a["site_auc"]
+        main = auc.get("served", auc["local"])
         rows.append(
             [
                 a["arm"],
-                "-" if eps is None else f"{eps:.3f}",
+                "-" if a["epsilon_rdp"] is None else f"{a['epsilon_rdp']:.2f} / {a['epsilon_pld']:.2f}",
                 "-" if a["sigma"] is None else f"{a['sigma']:.3f}",
-                "-" if a["noise_std"] is None else f"{a['noise_std']:.3f}",
-                a["site_auc"],
-                a["pooled_auc"],
-                a["site_auc"] - central["site_auc"],
-                a["versions"] or "-",
+                _cell(main),
+                _cell(auc["global"]) if "global" in auc else "-",
+                _cell(auc["local"]),
+                main["mean"] - c_auc,
+                "-" if "global" not in auc else auc["global"]["mean"] - c_auc,
+                "/".join(str(v) for v in a["versions"]) if a["epsilon_target"] is not None else "-",
                 a["seconds"],
             ]
         )
-    table(["arm", "eps/record", "sigma", "noise/site", "site AUC", "pooled AUC", "vs central", "versions", "s"], rows)
+    table(
+        [
+            "arm",
+            "eps RDP / PLD",
+            "sigma",
+            "served (site AUC)",
+            "global",
+            "personal",
+            "served-central",
+            "global-central",
+            "versions",
+            "s",
+        ],
+        rows,
+    )
     sec = [a for a in arms if a["secure"]]
     if sec:
-        worst = max(a["unmask_error"] * a["scale"] for a in sec)
+        worst = max((a["unmask_error"] or 0.0) * (a["scale"] or 0.0) for a in sec)
         print(
-            f"secure: every buffer's unmasked mean checked against the mean of the sites' noised deltas: "
-            f"max |error| {worst:.2f} quantisation steps (allowed: 2)"
+            f"secure: every buffer's unmasked sum checked against the sites' noised sums: max |error| {worst:.2f} steps"
         )
-    ratio(f"{name} local_only/centralised site_auc", local["site_auc"] / central["site_auc"])
-    fed = [a for a in arms if a["epsilon_target"] is not None]
-    if not fed:
-        print()
-        return
-    top_eps = max(a["epsilon_target"] for a in fed)
-    for top in (a for a in fed if a["epsilon_target"] == top_eps):
-        label = top["arm"].replace(" ", "_").replace("=", "")
-        gap = central["site_auc"] - top["site_auc"]
-        ratio(f"{name} {label}/centralised site_auc", top["site_auc"] / central["site_auc"])
-        met_gap = gap <= TARGET_GAP
-        met_local = top["site_auc"] > local["site_auc"]
+    ratio(f"{name} local_only/centralised site_auc", local["site_auc"]["local"]["mean"] / c_auc)
+    missed: list[str] = []
+    for a in (x for x in arms if x["epsilon_target"] is not None and not x["secure"]):
+        eps = a["epsilon_target"]
+        served, glob = a["site_auc"]["served"]["mean"], a["site_auc"]["global"]["mean"]
+        label = f"{name} {a['arm']}"
+        ratio(f"{name} {a['arm'].replace(' ', '_').replace('=', '')}/centralised served_site_auc", served / c_auc)
+        if eps in SERVED_GAP:
+            ok = c_auc - served <= SERVED_GAP[eps]
+            print(
+                f"TARGET {label}: served {served:.3f}, gap to centralised {c_auc - served:+.3f} "
+                f"(<= {SERVED_GAP[eps]}) {'MET' if ok else 'MISSED'}"
+            )
+            if not ok:
+                missed.append(f"{label} served gap")
+        if eps in GLOBAL_GAP:
+            ok = c_auc - glob <= GLOBAL_GAP[eps]
+            print(
+                f"TARGET {label}: global {glob:.3f}, gap to centralised {c_auc - glob:+.3f} "
+                f"(<= {GLOBAL_GAP[eps]}) {'MET' if ok else 'MISSED'}"
+            )
+            if not ok:
+                missed.append(f"{label} global gap")
+        gaps = {s: local["per_site"]["local"][s] - v for s, v in a["per_site"]["served"].items()}
+        worst_site = max(gaps, key=lambda s: gaps[s])
+        ok = gaps[worst_site] <= SITE_MARGIN
         print(
-            f"TARGET {name} {top['arm']}: gap to centralised {gap:+.3f} (target <= {TARGET_GAP}) "
-            f"{'MET' if met_gap else 'MISSED'}; above local-only ({local['site_auc']:.3f}): "
-            f"{'MET' if met_local else 'MISSED'}",
+            f"TARGET {label}: served below local-only by at most {gaps[worst_site]:+.4f} at any site "
+            f"(worst {worst_site}; <= {SITE_MARGIN}) {'MET' if ok else 'MISSED'}",
             flush=True,
         )
+        if not ok:
+            missed.append(f"{label} site {worst_site}")
     print()
+    return missed
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke run: few rows, epsilon 1 and 8 (< 60 s)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: few rows, epsilon 1 and 8, one seed (< 60 s)")
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: heart, bank, beijing")
     ap.add_argument("--epsilons", default=None, help="per-record targets (default 1,4,8; quick: 1,8)")
     ap.add_argument("--max-rows", type=int, default=None, help="first rows of each site (default: all)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the sites' noise generators")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
     ap.add_argument("--no-secure", action="store_true", help="leave out the secure-aggregation arms")
-    ap.add_argument(
-        "--secure-server-lr",
-        type=float,
-        default=None,
-        help="secure arms: server learning rate (default: the topology's)",
-    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)  # tiny models: more threads only contend on a shared machine
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # tiny models: more threads only contend on a shared machine
+    except ImportError:
+        pass
     epsilons = [float(e) for e in (args.epsilons or ("1,8" if args.quick else "1,4,8")).split(",")]
+    seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     names = [n for n in args.datasets.split(",") if n]
     unknown = sorted(set(names) - set(DATASETS))
     if unknown:
         ap.error(f"unknown data set {', '.join(unknown)}; valid: {', '.join(DATASETS)}")
-    header("quality on real data: StreamFed (plain, secure) vs centralised vs local-only (prequential AUC)", args)
-    results = []
+    header("quality on real data: served, global and personal vs centralised and local-only (prequential AUC)", args)
+    results, missed = [], []
     for name in names:
         rows = args.max_rows if args.max_rows is not None else (QUICK_ROWS[name] if args.quick else None)
-        res = run_dataset(name, epsilons, rows, args.seed, not args.no_secure, args.secure_server_lr)
-        report(res)
+        res = run_dataset(name, epsilons, rows, seeds, not args.no_secure)
+        missed += report(res)
         results.append(res)
+    print(f"targets missed: {len(missed)}" + (f" ({'; '.join(missed)})" if missed else ""))
     if args.json is not None:
         args.json.write_text(json.dumps({"epsilons": epsilons, "results": results}, indent=1, default=_json))
     return 0

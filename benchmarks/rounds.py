@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _federation as F
 from _common import header, ratio, table
 
-from streamfed.learners.model import SiteModel
+from streamfed.learners.federated import build_federated_model, sigmoid
 from streamfed.site.learner import SiteLearner
 from streamfed.topology import Topology
 
@@ -78,12 +78,11 @@ class Evaluator:
     """Held-out AUC (mean over sites) of a parameter vector."""
 
     def __init__(self, topo: Topology, held: dict[str, F.SiteData]) -> None:
-        self.model = SiteModel(topo.model, device="cpu")
+        self.model = build_federated_model(topo.model, device="cpu")
         self.held = held
 
     def __call__(self, params: np.ndarray) -> float:
-        self.model.set_params(params)
-        vals = [F.auc(d.y, self.model.predict_proba_many(d.X)) for d in self.held.values()]
+        vals = [F.auc(d.y, sigmoid(self.model.logits(params, d.X))) for d in self.held.values()]
         return float(np.nanmean(vals))
 
 
@@ -106,7 +105,7 @@ class Sites:
         self.window = topo.update.every_records
         self.streams = streams
         self.learners: dict[str, SiteLearner] = {
-            s: F._learner(topo, s, int(root.integers(1 << 62)), publish=False) for s in streams
+            s: F._learner(topo, s, int(root.integers(1 << 62)), publish=False, contribute=True) for s in streams
         }
         self.pos = dict.fromkeys(streams, 0)
         self.records = 0

@@ -174,7 +174,7 @@ def learner_only(topo_base: Topology, records: list[dict[str, Any]]) -> float:
     learner = build_learner(topo_base, SITE, persist=True)
     t0 = time.perf_counter()
     for i in range(0, len(records), BATCH):
-        X, y, _status = learner.model.featurizer.transform(records[i : i + BATCH])
+        X, y, _status = learner.featurizer.transform(records[i : i + BATCH])
         learner.learn(X, y)
         learner.maybe_step()
         if learner.due():

@@ -36,6 +36,11 @@ SITE_BUDGET_EXHAUSTED = Gauge(
 SITE_AUC = Gauge(
     "streamfed_site_prequential_auc", "Prequential ROC AUC over a sliding window", ["topology", "site", "model"]
 )
+SITE_SERVED_WEIGHT = Gauge(
+    "streamfed_site_served_personal_weight",
+    "Weight of the personal model in the served blend (1: personal only, 0: global only)",
+    ["topology", "site"],
+)
 SITE_LOGLOSS = Gauge(
     "streamfed_site_prequential_logloss", "Prequential log loss over a sliding window", ["topology", "site", "model"]
 )
@@ -65,7 +70,7 @@ SITE_BASE_VERSION = Gauge(
 )
 SITE_UPDATE_NORM = Histogram(
     "streamfed_site_update_norm",
-    "L2 norm of the delta before clipping",
+    "Mean L2 norm of a release's per-record gradients before clipping",
     ["topology", "site"],
     buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100),
 )

@@ -4,39 +4,52 @@ from __future__ import annotations
 
 import math
 
-from streamfed.aggregation.aggregator import Aggregator, AggregatorTopics, ModelInfo
+from streamfed.aggregation.aggregator import Aggregator, AggregatorTopics
 from streamfed.aggregation.fedbuff import FedBuff
+from streamfed.aggregation.records import ModelInfo
 from streamfed.aggregation.rules import make_rule
 from streamfed.aggregation.secure import SecureBuffer
-from streamfed.learners.model import SiteModel
-from streamfed.privacy.accountant import resolve_noise_multiplier
+from streamfed.learners.federated import build_federated_model
+from streamfed.privacy.accountant import Mechanism, resolve
 from streamfed.privacy.secagg import secagg_params
 from streamfed.privacy.signing import FileKeyring
 from streamfed.serde.avro import default_registry
 from streamfed.topology.spec import Topology
 
 
-def max_update_norm(clip: float, sigma: float, dim: int) -> float:
-    """A clipped delta plus N(0, (sigma C)^2 I) exceeds C (1 + sigma (sqrt(d) + 6)) with probability
-    below exp(-18) (Gaussian norm concentration), so honest updates pass and scaled ones do not."""
-    return clip * (1.0 + sigma * (math.sqrt(dim) + 6.0))
+def max_update_norm(mech: Mechanism, learning_rate: float, min_records: int, dim: int) -> float:
+    """The largest L2 norm an honest update can have, but for a probability below exp(-18).
+
+    Each noised sum is at most ``n C`` (n clipped gradients) plus Gaussian noise whose norm exceeds
+    ``sigma C (sqrt(d) + 6)`` with probability below ``exp(-18)``; a step divides it by the expected
+    count (at least ``q min_records``) and multiplies by the learning rate; ``dp_sgd`` takes
+    ``steps`` of them, a Poisson sample holding at most every pooled record (``n <= |pool|``).
+    """
+    noise = mech.noise_multiplier * mech.clip_norm * (math.sqrt(dim) + 6.0)
+    q = mech.sampling_rate
+    per_step = learning_rate * (mech.clip_norm / q + noise / (q * min_records))
+    return per_step * mech.steps
 
 
 def build_aggregator(topo: Topology) -> Aggregator:
-    model = SiteModel(topo.model, device="cpu")
-    params = model.get_params()
-    sigma = resolve_noise_multiplier(topo.privacy)
-    limit = topo.aggregation.max_update_norm or max_update_norm(topo.privacy.clip_norm, sigma, params.size)
+    federated = build_federated_model(topo.model, device="cpu")
+    params = federated.initial_params()
+    mech, _ = resolve(topo.privacy)
+    limit = topo.aggregation.max_update_norm or max_update_norm(
+        mech, topo.update.learning_rate, topo.update.min_records, params.size
+    )
     info = ModelInfo(
         topology=topo.name,
         name=topo.model.name,
-        layout=model.layout(),
-        feature_order=model.featurizer.names,
+        layout=federated.layout(),
+        feature_order=topo.model.features.names(),
         schema_fingerprint=default_registry().fingerprint(topo.model.record_schema),
         initial_params=params,
         delta=topo.privacy.delta,
         max_update_norm=limit,
         energy=topo.energy,
+        mechanism=mech.kind,
+        noise_multiplier=mech.noise_multiplier,
     )
     topics = AggregatorTopics(topo.updates_topic, topo.models_topic, topo.lineage_topic, topo.rejected_topic)
     verifier = FileKeyring({s.id: topo.public_key_path(s) for s in topo.sites})
@@ -55,4 +68,3 @@ def build_aggregator(topo: Topology) -> Aggregator:
         secure=secure,
         secagg_topic=topo.secagg_topic,
     )
-

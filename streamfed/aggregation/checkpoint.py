@@ -29,6 +29,7 @@ class AggregatorState:
     last_sequence: dict[str, int] = field(default_factory=dict)
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
     cluster_id: str = ""
+    opt: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)  # server optimizer state
 
     @property
     def params_sha256(self) -> str:
@@ -36,7 +37,12 @@ class AggregatorState:
 
     def copy(self) -> AggregatorState:
         return AggregatorState(
-            self.version, self.params.copy(), dict(self.last_sequence), dict(self.offsets), self.cluster_id
+            self.version,
+            self.params.copy(),
+            dict(self.last_sequence),
+            dict(self.offsets),
+            self.cluster_id,
+            {k: v.copy() for k, v in self.opt.items()},
         )
 
 
@@ -55,12 +61,16 @@ class Checkpoint:
         self.file = folder / "checkpoint.json"
 
     def _save_params(self, state: AggregatorState) -> str:
-        name = f"params-{state.version}-{state.params_sha256[:12]}.npy"
+        """Parameters and server-optimizer state in one file, named by version and content."""
+        digest = state.params_sha256[:12]
+        if state.opt:
+            digest += "-" + sha256_hex(b"".join(state.opt[k].tobytes() for k in sorted(state.opt)))[:8]
+        name = f"params-{state.version}-{digest}.npz"
         path = self.folder / name
         if not path.exists():
             tmp = self.folder / (name + ".tmp")
             with open(tmp, "wb") as fh:
-                np.save(fh, state.params)
+                np.savez(fh, params=state.params, **{f"opt_{k}": v for k, v in state.opt.items()})
                 fh.flush()
                 os.fsync(fh.fileno())
             tmp.replace(path)
@@ -69,17 +79,26 @@ class Checkpoint:
     def _meta(self, state: AggregatorState) -> dict[str, object]:
         d = asdict(state)
         d.pop("params")
+        d.pop("opt")
         d["params_file"] = self._save_params(state)
         return d
 
     def _load_state(self, meta: dict[str, object]) -> AggregatorState:
-        params = np.load(self.folder / str(meta["params_file"])).astype(np.float32)
+        path = self.folder / str(meta["params_file"])
+        opt: dict[str, npt.NDArray[np.float32]] = {}
+        if path.suffix == ".npy":  # written before the server optimizer had state
+            params = np.load(path).astype(np.float32)
+        else:
+            with np.load(path) as z:
+                params = z["params"].astype(np.float32)
+                opt = {k[4:]: z[k].astype(np.float32) for k in z.files if k.startswith("opt_")}
         return AggregatorState(
             version=int(meta["version"]),  # type: ignore[call-overload]
             params=params,
             last_sequence={k: int(v) for k, v in dict(meta["last_sequence"]).items()},  # type: ignore[call-overload]
             offsets={k: int(v) for k, v in dict(meta["offsets"]).items()},  # type: ignore[call-overload]
             cluster_id=str(meta.get("cluster_id", "")),
+            opt=opt,
         )
 
     def load(self) -> tuple[AggregatorState, AggregatorState | None] | None:
@@ -98,6 +117,6 @@ class Checkpoint:
         doc = {"committed": committed_meta, "pending": pending_meta}
         _atomic_write(self.file, json.dumps(doc, indent=1).encode())
         keep = {committed_meta["params_file"]} | ({pending_meta["params_file"]} if pending_meta else set())
-        for old in self.folder.glob("params-*.npy"):
+        for old in [*self.folder.glob("params-*.npy"), *self.folder.glob("params-*.npz")]:
             if old.name not in keep:
                 old.unlink(missing_ok=True)

@@ -4,8 +4,9 @@ A buffer collects the cohort's masked updates against the current version. It is
 site has sent one, or ``dropout_timeout`` after its first update with at least ``threshold`` in it.
 The aggregator then posts a request naming the survivors and the dropped sites (forwarding to each
 site the encrypted self-mask shares addressed to it) and re-posts it every ``dropout_timeout`` until
-the signed reveals suffice to remove the masks. What comes out is the mean of the survivors' noised
-deltas; no single site's delta is ever in the clear here.
+the signed reveals suffice to remove the masks. What comes out is the sum of the survivors' noised
+sums (each ``-lr (S_i + N_i)``), divided by their slots ``sum n_i`` into a mean step; no single
+site's sum is ever in the clear here.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class SecureBuffer:
         return True
 
     def unmask(self) -> tuple[np.ndarray, list[PendingUpdate]] | None:
-        """The mean of the survivors' deltas and the updates in it, once the reveals suffice."""
+        """The survivors' step (their unmasked total over their slots) and their updates, once the reveals suffice."""
         if self.request is None:
             return None
         survivors = self.request["survivors"]
@@ -157,15 +158,14 @@ class SecureBuffer:
         for owner in survivors:
             if sum(owner in r.self_mask_shares for r in self.reveals.values()) < self.params.threshold:
                 return None
-        if dropped and not all(
-            s in self.reveals and dropped <= set(self.reveals[s].pair_seeds) for s in survivors
-        ):
+        if dropped and not all(s in self.reveals and dropped <= set(self.reveals[s].pair_seeds) for s in survivors):
             return None
         used = [self.updates[s] for s in survivors]
         masked = [MaskedUpdate(u.site_id, self.buffer, u.delta.astype(np.uint32), {}) for u in used]
         total = self.server.unmask(masked, list(self.reveals.values()))
-        mean = dequantize(total, self.params.scale) / len(used)
+        slots = sum(max(1, u.num_examples) for u in used)
+        mean = dequantize(total, self.params.scale) / slots
         for u in used:
             u.staleness = 0
-            u.weight = 1.0 / len(used)
+            u.weight = max(1, u.num_examples) / slots
         return mean, used

@@ -20,25 +20,35 @@ out = Console()
 @topology_app.command("validate")
 def validate(file: Annotated[str, typer.Argument(help="topology YAML file or name")]) -> None:
     """Print the resolved topology (defaults filled in), or the errors naming each field and its choices."""
-    from streamfed.privacy.accountant import epsilon_for, resolve_noise_multiplier
+    from streamfed.privacy.accountant import RELATION_NAME, resolve
 
     try:
         topo = load(file)
-        sigma = resolve_noise_multiplier(topo.privacy)
+        mech, cal = resolve(topo.privacy)
     except StreamfedError as exc:
         raise fail(exc) from exc
+    sigma = mech.noise_multiplier
     doc = topo.model_dump(mode="json")
     for group in ("settings", "consumer_settings", "producer_settings"):
         for key in doc["kafka"][group]:
             if any(word in key for word in ("password", "secret")):
                 doc["kafka"][group][key] = "********"
     out.print(yaml.safe_dump(doc, sort_keys=False), end="", highlight=False)
-    k = topo.privacy.max_updates_per_record
+    if mech.kind == "window_sum":
+        how = f"one noised sum per window of {topo.update.every_records} records; each record in 1 release"
+    else:
+        how = (
+            f"{mech.steps} noised steps per release, Poisson rate {mech.sampling_rate:g} over the last "
+            f"{mech.releases_per_record} windows; each record in {mech.releases_per_record} releases"
+        )
+    chosen = "given" if cal.method == "given" else f"calibrated by {cal.method.upper()}"
     out.print(
-        f"# privacy: noise multiplier sigma = {sigma:.4f} (noise std {sigma * topo.privacy.clip_norm:.4f}), "
-        f"k = {k} releases per record, per-record epsilon = "
-        f"{epsilon_for(sigma, k, topo.privacy.delta):.3f} at delta = {topo.privacy.delta:g}",
+        f"# privacy: mechanism {mech.kind} ({how}); noise multiplier sigma = {sigma:.4f} ({chosen}; "
+        f"noise std {mech.noise_std:.4f} on each sum, sensitivity C = {mech.clip_norm:g}); per-record epsilon "
+        f"at delta = {topo.privacy.delta:g}: RDP {cal.epsilon_rdp:.3f}, PLD {cal.epsilon_pld:.3f} "
+        f"(guarantee {cal.epsilon:.3f}); adjacency: {RELATION_NAME}",
         highlight=False,
+        soft_wrap=True,
     )
     if topo.aggregation.secure is not None:
         from streamfed.privacy.secagg import secagg_params
@@ -49,9 +59,12 @@ def validate(file: Annotated[str, typer.Argument(help="topology YAML file or nam
             f"{sigma * topo.privacy.clip_norm / sp.noise_divisor:.4f} (sigma C / sqrt(t); every unmasked sum "
             f"carries >= sigma C), coordinate bound {sp.bound:.4f}, quantisation scale {sp.scale:.4g}",
             highlight=False,
+            soft_wrap=True,
         )
     out.print(
-        f"# features ({len(topo.model.features.names())}): {', '.join(topo.model.features.names())}", highlight=False
+        f"# features ({len(topo.model.features.names())}): {', '.join(topo.model.features.names())}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -26,8 +26,9 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     latest_only: Annotated[bool, typer.Option("--latest", help="only the latest version")] = False,
 ) -> None:
-    """Per site and model version: releases, sigma, clip, epsilon by RDP and PLD at delta, from the
-    sites' ledgers (<state_dir>/<topology>/sites/<id>/ledger.jsonl) and the model versions."""
+    """Per site and model version: releases, mechanism, sigma, clip, lifetime and per-record epsilon by
+    RDP and PLD at delta (zero-out adjacency), from the sites' ledgers
+    (<state_dir>/<topology>/sites/<id>/ledger.jsonl) and the model versions."""
     from streamfed.privacy.accountant import PrivacyLedger
     from streamfed.privacy.report import privacy_rows
 
@@ -51,6 +52,7 @@ def report(
                     "topology": topo.name,
                     "delta": topo.privacy.delta,
                     "k": topo.privacy.max_updates_per_record,
+                    "adjacency": "zero-out (REPLACE_SPECIAL)",
                     "rows": [r.to_json() for r in rows],
                 },
                 indent=1,
@@ -59,19 +61,32 @@ def report(
         return
     t = Table(
         title=f"{topo.name}: privacy by site and version (delta = {topo.privacy.delta:g}, "
-        f"k = {topo.privacy.max_updates_per_record})"
+        f"k = {topo.privacy.max_updates_per_record}, zero-out adjacency)"
     )
-    for col in ("version", "site", "releases", "sigma", "clip", "ε RDP", "ε PLD", "ε per record"):
+    for col in (
+        "version",
+        "site",
+        "releases",
+        "mechanism",
+        "sigma",
+        "clip",
+        "ε RDP",
+        "ε PLD",
+        "ε/record RDP",
+        "ε/record PLD",
+    ):
         t.add_column(col, justify="left" if col == "site" else "right")
     for r in rows:
         t.add_row(
             str(r.version),
             r.site,
             str(r.releases),
+            r.mechanism if r.mechanism == "window_sum" else f"{r.mechanism} {r.steps}x q={r.sampling_rate:g}",
             f"{r.sigma:.3f}",
             f"{r.clip_norm:g}",
             f"{r.epsilon_rdp:.3f}",
             f"{r.epsilon_pld:.3f}",
             f"{r.epsilon_per_record_rdp:.3f}",
+            f"{r.epsilon_per_record_pld:.3f}",
         )
     out.print(t)

@@ -185,7 +185,18 @@ def _plan(topo_arg: str, bootstrap: str, state_dir: Path, run_dir: Path, duratio
 
 def _table(children: list[Child], elapsed: float, rates: dict[str, float]) -> Table:
     t = Table(title=f"StreamFed up {elapsed:5.0f} s", title_justify="left")
-    for col in ("site", "records", "rec/s", "dead", "updates", "ε spent", "AUC local", "AUC global", "base v"):
+    for col in (
+        "site",
+        "records",
+        "rec/s",
+        "dead",
+        "updates",
+        "ε spent",
+        "AUC served",
+        "AUC local",
+        "AUC global",
+        "base v",
+    ):
         t.add_column(col, justify="right" if col != "site" else "left")
     agg = next((c for c in children if c.kind == "aggregator"), None)
     for c in children:
@@ -204,6 +215,7 @@ def _table(children: list[Child], elapsed: float, rates: dict[str, float]) -> Ta
             f"{dead:.0f}",
             g("streamfed_site_updates_published_total"),
             g("streamfed_site_epsilon_spent", "{:.2f}"),
+            g("streamfed_site_prequential_auc{model=served}", "{:.3f}"),
             g("streamfed_site_prequential_auc{model=local}", "{:.3f}"),
             g("streamfed_site_prequential_auc{model=global}", "{:.3f}"),
             g("streamfed_site_base_version"),
@@ -240,7 +252,9 @@ def summarize(
                 "epsilon": r.get("epsilon", 0.0),
                 "epsilon_per_record": r.get("epsilon_per_record", 0.0),
                 "auc": r.get("auc"),
+                "local_auc": r.get("local_auc"),
                 "global_auc": r.get("global_auc"),
+                "served_weight": r.get("served_weight"),
                 "updates_published": r.get("updates_published", 0),
                 "dead_letters": r.get("dead_letters", 0),
                 "base_version": r.get("base_version", 0),

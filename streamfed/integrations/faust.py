@@ -287,7 +287,7 @@ class SiteAgent:
             version, sha = int(rec["version"]), str(rec["params_sha256"])
             if not self.learner.wants(version, sha):
                 return None
-            return version, params_from_bytes(rec["params"], self.learner.model.num_params), sha
+            return version, params_from_bytes(rec["params"], self.learner.num_params), sha
         except (SerializationError, KeyError) as exc:
             log.warning("site=%s ignores an unreadable model version at offset %d: %s", self.site_id, msg.offset, exc)
             return None

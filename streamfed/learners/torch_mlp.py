@@ -45,6 +45,23 @@ def pick_device(choice: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def build_mlp(dim: int, hidden: list[int], seed: int) -> nn.Sequential:
+    """``dim -> hidden... -> 1`` with ReLUs, initialised deterministically from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    prev = dim
+    for h in hidden:
+        layers += [nn.Linear(prev, h), nn.ReLU()]
+        prev = h
+    layers.append(nn.Linear(prev, 1))
+    net = nn.Sequential(*layers)
+    with torch.no_grad():
+        for p in net.parameters():
+            bound = 1.0 / np.sqrt(p.shape[-1]) if p.dim() > 1 else 0.01
+            p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+    return net
+
+
 class ReplayBuffer:
     """A ring of the most recent labelled rows, each tagged with the update window it arrived in.
 
@@ -105,19 +122,7 @@ class TorchMLPLearner:
         seed: int = 0,
     ) -> None:
         self.device = pick_device(device)
-        gen = torch.Generator().manual_seed(seed)
-        layers: list[nn.Module] = []
-        prev = dim
-        for h in hidden:
-            layers += [nn.Linear(prev, h), nn.ReLU()]
-            prev = h
-        layers.append(nn.Linear(prev, 1))
-        self.net = nn.Sequential(*layers)
-        with torch.no_grad():
-            for p in self.net.parameters():  # deterministic init shared by every site and the aggregator
-                bound = 1.0 / np.sqrt(p.shape[-1]) if p.dim() > 1 else 0.01
-                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
-        self.net.to(self.device)
+        self.net = build_mlp(dim, hidden, seed).to(self.device)
         self.n_params = sum(p.numel() for p in self.net.parameters())
         self.learning_rate = learning_rate
         self.loss = nn.BCEWithLogitsLoss()

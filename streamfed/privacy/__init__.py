@@ -1,12 +1,16 @@
 """Pure privacy mechanisms (rng injected), the dp-accounting ledger, and Ed25519 signing."""
 
 from streamfed.privacy.accountant import (
+    Calibration,
+    Mechanism,
     PrivacyLedger,
-    calibrate_noise_multiplier,
-    epsilon_for,
+    Release,
+    calibrate,
+    epsilon,
+    resolve,
     resolve_noise_multiplier,
 )
-from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, clip_segments, csprng
+from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, csprng
 from streamfed.privacy.signing import (
     FileKeyring,
     FileSigner,
@@ -21,21 +25,24 @@ from streamfed.privacy.signing import (
 )
 
 __all__ = [
+    "Calibration",
     "FileKeyring",
     "FileSigner",
+    "Mechanism",
     "PrivacyLedger",
+    "Release",
     "SiteSigner",
     "UpdateVerifier",
     "add_gaussian_noise",
-    "calibrate_noise_multiplier",
+    "calibrate",
     "clip_l2",
-    "clip_segments",
     "csprng",
-    "epsilon_for",
+    "epsilon",
     "generate_keypair",
     "key_id",
     "load_private_key",
     "load_public_key",
+    "resolve",
     "resolve_noise_multiplier",
     "rotate_keypair",
     "write_keypair",

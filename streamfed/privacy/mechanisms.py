@@ -45,27 +45,6 @@ def clip_l2(vec: Vec, clip_norm: float) -> tuple[Vec, float]:
     return (vec * np.float32(factor)).astype(np.float32), norm
 
 
-def clip_segments(vec: Vec, bounds: list[tuple[int, int, float]]) -> tuple[Vec, float]:
-    """Clip each ``[start, stop)`` segment to its own L2 bound; returns (clipped copy, original norm).
-
-    With bounds ``C_i`` the result's norm is at most ``sqrt(sum C_i^2)``, so the sensitivity of the
-    whole vector is that of one clip to that norm: the accountant does not change.
-
-    >>> v, n = clip_segments(np.array([3.0, 4.0, 0.1], dtype=np.float32), [(0, 2, 1.0), (2, 3, 1.0)])
-    >>> [round(float(x), 3) for x in v], n > 5
-    ([0.6, 0.8, 0.1], True)
-    """
-    out = vec.astype(np.float32).copy()
-    covered = 0
-    for start, stop, bound in bounds:
-        out[start:stop], _ = clip_l2(vec[start:stop], bound)
-        covered += stop - start
-    if covered != vec.size:
-        raise ValueError(f"segments cover {covered} of {vec.size} values")
-    norm = l2_norm(vec)
-    return out, norm
-
-
 def add_gaussian_noise(vec: Vec, std: float, rng: np.random.Generator) -> Vec:
     """``vec + N(0, std^2 I)`` drawn from ``rng`` (never the global numpy state)."""
     if std < 0:

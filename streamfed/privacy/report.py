@@ -1,20 +1,19 @@
 """An auditor's privacy report: per site and model version, what had been released and what it cost.
 
-Epsilon is recomputed here from the ledger's releases with dp-accounting, by two accountants (RDP,
-which the sites use, and PLD, which is tighter), at the topology's delta.
+Epsilon is recomputed here from the ledger's releases (each with the mechanism it applied) with
+dp-accounting, by two accountants (RDP, which the sites use for their lifetime figure, and PLD,
+usually tighter), at the topology's delta and under zero-out adjacency. Two figures per row: the
+site's lifetime loss (a record that reached every release so far) and the per-record guarantee
+(the ``k`` costliest releases, ``k`` being the releases one record can reach).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import dp_accounting
-from dp_accounting import pld, rdp
-
-from streamfed.privacy.accountant import SENSITIVITY_FACTOR, Release
+from streamfed.privacy.accountant import Release, releases_epsilon
 
 
 @dataclass(frozen=True)
@@ -23,24 +22,24 @@ class ReportRow:
     site: str
     releases: int
     last_sequence: int
+    mechanism: str
     sigma: float
     clip_norm: float
+    steps: int
+    sampling_rate: float
     epsilon_rdp: float
     epsilon_pld: float
     epsilon_per_record_rdp: float
+    epsilon_per_record_pld: float
     delta: float
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _epsilon(by_sigma: Mapping[float, int], delta: float, method: str) -> float:
-    if not by_sigma:
-        return 0.0
-    acc: dp_accounting.PrivacyAccountant = rdp.RdpAccountant() if method == "rdp" else pld.PLDAccountant()
-    for sigma, n in sorted(by_sigma.items()):
-        acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma / SENSITIVITY_FACTOR), n))
-    return float(acc.get_epsilon(delta))
+def _costliest(releases: list[Release], k: int) -> list[Release]:
+    """The ``k`` releases that cost one record most: least noise, then most steps, highest rate."""
+    return sorted(releases, key=lambda r: (r.sigma, -r.steps, -r.sampling_rate))[:k]
 
 
 def privacy_rows(
@@ -53,6 +52,7 @@ def privacy_rows(
     """
     rows: list[ReportRow] = []
     latest: dict[str, int] = {}
+    cache: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     for v in sorted(versions, key=lambda r: int(r["version"])):
         for c in v.get("contributions", []):
             latest[c["site_id"]] = max(latest.get(c["site_id"], 0), int(c["sequence"]))
@@ -60,19 +60,32 @@ def privacy_rows(
             released = [r for r in ledgers.get(site, []) if r.sequence <= last_seq]
             if not released:
                 continue
-            by_sigma = Counter(r.sigma for r in released)
-            worst = min(by_sigma)  # per record: k releases, conservatively at the smallest noise
+            key = (site, len(released))
+            if key not in cache:
+                worst = _costliest(released, k)
+                cache[key] = (
+                    releases_epsilon(released, delta, "rdp"),
+                    releases_epsilon(released, delta, "pld"),
+                    releases_epsilon(worst, delta, "rdp"),
+                    releases_epsilon(worst, delta, "pld"),
+                )
+            e_rdp, e_pld, r_rdp, r_pld = cache[key]
+            last = released[-1]
             rows.append(
                 ReportRow(
                     version=int(v["version"]),
                     site=site,
                     releases=len(released),
                     last_sequence=last_seq,
-                    sigma=released[-1].sigma,
-                    clip_norm=released[-1].clip_norm,
-                    epsilon_rdp=_epsilon(by_sigma, delta, "rdp"),
-                    epsilon_pld=_epsilon(by_sigma, delta, "pld"),
-                    epsilon_per_record_rdp=_epsilon({worst: min(k, len(released))}, delta, "rdp"),
+                    mechanism=last.mechanism,
+                    sigma=last.sigma,
+                    clip_norm=last.clip_norm,
+                    steps=last.steps,
+                    sampling_rate=last.sampling_rate,
+                    epsilon_rdp=e_rdp,
+                    epsilon_pld=e_pld,
+                    epsilon_per_record_rdp=r_rdp,
+                    epsilon_per_record_pld=r_pld,
                     delta=delta,
                 )
             )

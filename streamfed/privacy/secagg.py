@@ -1,6 +1,6 @@
 """Secure aggregation of one buffer of updates (Bonawitz et al. 2017, double masking).
 
-Each site of a cohort quantises its (noised) delta to integers modulo 2^32 with stochastic
+Each site of a cohort quantises its noised sum of clipped per-record gradients to integers modulo 2^32 with stochastic
 rounding, then adds
 
 * a **self-mask** ``PRG(r_i)`` from a fresh random seed ``r_i``, Shamir-shared among the cohort, and
@@ -15,11 +15,11 @@ so a late update from a "dropped" site stays masked. The aggregator thus learns 
 nothing about any one site's update (against an aggregator that follows the protocol and fewer
 than ``threshold`` colluding sites).
 
-Distributed noise: each site adds Gaussian noise of std ``sigma C / sqrt(threshold)``; any sum
-the aggregator can unmask has at least ``threshold`` contributions, hence noise std at least
-``sigma C``, and a record (in one site's delta, sensitivity 2C) is protected as by a single release
-of noise multiplier ``sigma / 2`` — the accountant is unchanged, but the noise in the *average* is
-divided by ``sqrt(threshold)`` relative to per-site noise.
+Distributed noise: each site adds Gaussian noise of std ``sigma C / sqrt(threshold)`` to its sum;
+any sum the aggregator can unmask has at least ``threshold`` contributions, hence noise std at
+least ``sigma C``, and a record (in one site's sum, sensitivity C under zero-out adjacency) is
+protected as by one release of noise multiplier ``sigma`` — the accountant is unchanged, but the
+noise in the total is divided by ``sqrt(threshold)`` relative to per-site noise.
 """
 
 from __future__ import annotations
@@ -324,14 +324,19 @@ def secagg_params(topo: Topology) -> SecAggParams:
     if spec is None:
         raise ValueError(f"topology {topo.name} does not enable aggregation.secure")
     sigma = resolve_noise_multiplier(topo.privacy)
-    bound = spec.bound or default_bound(topo.privacy.clip_norm, sigma, spec.threshold)
+    bound = spec.bound or default_bound(
+        topo.privacy.clip_norm, sigma, spec.threshold, topo.update.every_records, topo.update.learning_rate
+    )
     return SecAggParams(topo.name, tuple(sorted(s.id for s in topo.sites)), spec.threshold, bound)
 
 
-def default_bound(clip_norm: float, sigma: float, threshold: int) -> float:
-    """A clipped delta's coordinates lie in [-C, C]; per-site noise has std sigma C / sqrt(t): six
-    standard deviations beyond C are clipped with probability below 2e-9 per coordinate."""
-    return clip_norm * (1.0 + 6.0 * sigma / np.sqrt(threshold))
+def default_bound(clip_norm: float, sigma: float, threshold: int, window: int, learning_rate: float = 1.0) -> float:
+    """A site masks ``-lr (S + N)``, ``S`` the sum of a window's clipped gradients: each coordinate of
+    ``S`` lies in ``[-W C, W C]`` for a window of ``W`` records, and the per-site noise has std
+    ``sigma C / sqrt(t)``; six standard deviations beyond ``W C`` are clipped with probability below
+    2e-9 per coordinate (a site that waited for a version and merged windows may exceed it; its
+    coordinates are then clipped, after the noise: post-processing)."""
+    return learning_rate * clip_norm * (window + 6.0 * sigma / np.sqrt(threshold))
 
 
 REVEAL_DOMAIN = b"streamfed.secagg.reveal.v1\n"

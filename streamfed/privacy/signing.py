@@ -33,9 +33,13 @@ SIGNED_FIELDS = (
     "cpu_seconds",
     "gpu_seconds",
     "gpu_energy_joules",
+    "mechanism",
+    "noise_multiplier",
+    "steps",
+    "sampling_rate",
     "key_id",
 )
-DOMAIN = b"streamfed.update.v1\n"
+DOMAIN = b"streamfed.update.v2\n"
 log = logging.getLogger(__name__)
 
 

@@ -48,7 +48,7 @@ def learn_batch(
             rejected.append(Rejection(i, "decode", str(exc)))
     if not records:
         return rejected
-    X, y, status = learner.model.featurizer.transform(records)
+    X, y, status = learner.featurizer.transform(records)
     good = np.fromiter((s is True for s in status), dtype=bool, count=len(status))
     for j in np.flatnonzero(~good):
         reason, _, detail = str(status[j]).partition(": ")

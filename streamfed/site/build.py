@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from streamfed.privacy.accountant import PrivacyLedger, resolve_noise_multiplier
+from streamfed.privacy.accountant import PrivacyLedger, resolve
 from streamfed.privacy.secagg import load_x25519_private, load_x25519_public, secagg_params
 from streamfed.privacy.signing import FileSigner
 from streamfed.serde.avro import AvroCodec
@@ -33,7 +33,7 @@ def build_learner(
             topo.privacy.delta, topo.privacy.budget_epsilon, home / "ledger.jsonl" if persist else None
         ),
         state=SiteState(home / "state.json" if persist else None),
-        sigma=resolve_noise_multiplier(topo.privacy),
+        mechanism=resolve(topo.privacy)[0],
         rng=rng,
         noise_divisor=secagg_params(topo).noise_divisor if topo.aggregation.secure is not None else 1.0,
         **kw,  # type: ignore[arg-type]
@@ -66,6 +66,4 @@ def build_site(
     )
     learner = build_learner(topo, site_id, rng)
     secure = build_secure_site(topo, learner) if topo.aggregation.secure is not None else None
-    return SiteProcessor(
-        learner, topo.kafka, topics, AvroCodec(topo.model.record_schema), tamper=tamper, secure=secure
-    )
+    return SiteProcessor(learner, topo.kafka, topics, AvroCodec(topo.model.record_schema), tamper=tamper, secure=secure)

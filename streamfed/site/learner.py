@@ -1,38 +1,58 @@
 """A site's learning and privacy logic with no Kafka in it.
 
-:class:`SiteLearner` takes decoded records, predicts then learns, steps the deep learner, and turns
-an update window into a clipped, noised, accounted and signed update record. The
-:class:`~streamfed.site.processor.SiteProcessor` feeds it from Kafka; tests and simulations feed it
+:class:`SiteLearner` feeds each batch of featurised records, in prequential order, to the three
+parts of a site, each in its own module:
+
+* the **personal model** (:mod:`streamfed.site.personal`): learns every labelled record, never
+  leaves the site, never reset;
+* the **federated contribution** (:mod:`streamfed.site.contribution`): clipped per-record
+  gradients at the site's global point, noised sums per window, the only thing that crosses;
+* the **served blend** (:mod:`streamfed.site.served`): personal and global mixed by weights learnt
+  online from prequential log loss.
+
+It scores every row with the personal, the global and the served model before anything learns it,
+keeps the three prequential AUCs, and turns a window into a signed, accounted update record. The
+:class:`~streamfed.site.processor.SiteProcessor` feeds it from Kafka; tests and benchmarks feed it
 directly.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import dp_accounting
 import numpy as np
 from river import drift
-from river import metrics as rmetrics
 
 from streamfed import metrics as M
 from streamfed.energy import CpuClock, GpuEnergyMeter
 from streamfed.errors import PrivacyBudgetExceeded
-from streamfed.learners.model import SiteModel, initial_params
-from streamfed.learners.torch_mlp import ReplayBuffer
-from streamfed.privacy.accountant import PrivacyLedger, epsilon_for
-from streamfed.privacy.mechanisms import add_gaussian_noise, clip_l2, clip_segments, csprng
+from streamfed.learners.features import Featurizer
+from streamfed.learners.federated import build_federated_model, sigmoid
+from streamfed.privacy.accountant import Mechanism, PrivacyLedger, Release, epsilon
 from streamfed.privacy.signing import SiteSigner
 from streamfed.serde.tensors import params_to_bytes, sha256_hex
+from streamfed.site.contribution import FederatedContribution
+from streamfed.site.personal import PersonalModel
+from streamfed.site.served import Blend, RollingAUC
 from streamfed.topology.spec import ModelSpec, PrivacySpec, UpdateSpec
 
 log = logging.getLogger(__name__)
+
+
+class Scores(NamedTuple):
+    """Each row's prequential P(y = 1) by the served blend, the personal model and the global version."""
+
+    served: np.ndarray
+    personal: np.ndarray
+    global_: np.ndarray
 
 
 @dataclass
@@ -52,9 +72,11 @@ class SiteReport:
     epsilon: float = 0.0
     epsilon_per_record: float = 0.0
     budget_exhausted: bool = False
-    auc: float | None = None
-    global_auc: float | None = None
-    logloss: float | None = None
+    auc: float | None = None  # served (personal and global blended)
+    local_auc: float | None = None  # personal model
+    global_auc: float | None = None  # global version
+    logloss: float | None = None  # served
+    served_weight: float | None = None  # weight of the personal model in the served blend
     base_version: int = 0
     rebases: int = 0
     drifts: int = 0
@@ -87,34 +109,17 @@ class SiteState:
         return seq
 
 
-class PrequentialWindow:
-    """Rolling ROC AUC and log loss over a sliding window of labelled predictions."""
-
-    def __init__(self, size: int) -> None:
-        self.auc = rmetrics.RollingROCAUC(window_size=size)
-        self.losses: list[float] = []
-        self.size = size
-        self.n = 0
-
-    def update(self, y: np.ndarray, p: np.ndarray) -> None:
-        eps = 1e-7
-        for yi, pi in zip(y.tolist(), p.tolist(), strict=True):
-            self.auc.update(yi == 1.0, pi)
-            q = min(max(pi, eps), 1 - eps)
-            self.losses.append(-math.log(q if yi == 1.0 else 1 - q))
-            self.n += 1
-        if len(self.losses) > self.size:
-            del self.losses[: len(self.losses) - self.size]
-
-    def get_auc(self) -> float | None:
-        return float(self.auc.get()) if self.n >= 20 else None
-
-    def get_logloss(self) -> float | None:
-        return float(np.mean(self.losses)) if self.losses else None
+@functools.lru_cache(maxsize=64)
+def _record_epsilon(mech: Mechanism, releases: int, delta: float) -> float:
+    """A record's epsilon after ``releases`` of the mechanism (the tighter of RDP and PLD)."""
+    if releases <= 0:
+        return 0.0
+    event = dp_accounting.SelfComposedDpEvent(mech.release_event(), releases)
+    return min(epsilon(event, delta, "rdp"), epsilon(event, delta, "pld"))
 
 
 class SiteLearner:
-    """Predict-then-learn on labelled records, deep steps, and private updates of each window."""
+    """Prequential scoring of personal, global and served; private updates of each window."""
 
     def __init__(
         self,
@@ -126,12 +131,15 @@ class SiteLearner:
         signer: SiteSigner,
         ledger: PrivacyLedger,
         state: SiteState,
-        sigma: float,
+        mechanism: Mechanism,
         rng: np.random.Generator | None = None,
         clock: Callable[[], float] = time.monotonic,
         device: str | None = None,
         noise_divisor: float = 1.0,
+        contribute: bool = True,
     ) -> None:
+        from streamfed.privacy.mechanisms import csprng
+
         self.topology = topology
         self.site_id = site_id
         self.spec = model_spec
@@ -140,39 +148,39 @@ class SiteLearner:
         self.signer = signer
         self.ledger = ledger
         self.state = state
-        self.sigma = sigma
-        # Secure aggregation: each site adds sigma C / sqrt(t), the unmasked sum carries sigma C.
-        self.noise_divisor = noise_divisor
+        self.mechanism = mechanism
         self.rng = rng if rng is not None else csprng()
-        self.sample_rng = np.random.default_rng(self.rng.integers(1 << 62))
         self.clock = clock
+        self.contribute = contribute  # False: learn and serve only (benchmark arms that never publish)
 
-        self.model = SiteModel(model_spec, device=device)
-        self.global_model = SiteModel(model_spec, device="cpu")
-        self.base = initial_params(model_spec)
+        self.featurizer = Featurizer(model_spec.features, model_spec.label)
+        dev = device or model_spec.deep.device
+        self.personal = PersonalModel(
+            model_spec, self.featurizer.names, np.random.default_rng(self.rng.integers(1 << 62)), clock, dev
+        )
+        self.federated = build_federated_model(model_spec, dev)
+        self.base = self.federated.initial_params()
         self.base_version = 0
         self.base_sha = sha256_hex(params_to_bytes(self.base))
-        self.model.set_params(self.base)
-        self.global_model.set_params(self.base)
-        self.replay = ReplayBuffer(self.model.featurizer.dim, model_spec.deep.replay_size)
-        self.local_metrics = PrequentialWindow(model_spec.auc_window)
-        self.global_metrics = PrequentialWindow(model_spec.auc_window)
+        self.contribution = FederatedContribution(
+            self.federated, mechanism, update.every_records, update.learning_rate, self.rng, noise_divisor
+        )
+        self.served = Blend(model_spec.blend)
+        self.local_metrics = RollingAUC(model_spec.auc_window)
+        self.global_metrics = RollingAUC(model_spec.auc_window)
+        self.served_metrics = RollingAUC(model_spec.auc_window)
         self.drift = drift.ADWIN()
-        self.report = SiteReport(site=site_id, device=str(self.model.deep.device) if self.model.deep else "cpu")
+        self.report = SiteReport(site=site_id, device=self.federated.device)
         self.report.epsilon = ledger.spent
         self.report.last_sequence = state.next_sequence - 1
         self.report.epsilon_per_record = self._epsilon_per_record()
 
         self.labels = {"topology": topology, "site": site_id}
         M.start_site(topology, site_id)
-        self.window_examples = 0
         self.window_first_ms: int | None = None
         self._last_publish = clock()
-        self._since_step = 0
-        self._last_step = clock()
         self.cpu = CpuClock()
-        on_gpu = self.model.deep is not None and self.model.deep.device.type == "cuda"
-        self.gpu_energy = GpuEnergyMeter() if on_gpu else None
+        self.gpu_energy = GpuEnergyMeter() if self.federated.device == "cuda" else None
         self._gpu_seconds = 0.0
         M.SITE_EPSILON.labels(**self.labels).set(ledger.spent)
         M.SITE_EPSILON_RECORD.labels(**self.labels).set(self.report.epsilon_per_record)
@@ -180,124 +188,139 @@ class SiteLearner:
         if ledger.remaining() is not None:
             M.SITE_BUDGET_REMAINING.labels(**self.labels).set(ledger.remaining() or 0.0)
 
+    @property
+    def num_params(self) -> int:
+        return self.federated.num_params
+
     def _epsilon_per_record(self) -> float:
-        k = min(len(self.ledger.releases), self.privacy.max_updates_per_record)
-        return epsilon_for(self.sigma, k, self.privacy.delta)
+        k = min(len(self.ledger.releases), self.mechanism.releases_per_record)
+        return _record_epsilon(self.mechanism, k, self.privacy.delta)
 
     # -- learning -------------------------------------------------------------------------------
-    def learn(self, X: np.ndarray, y: np.ndarray, first_event_ms: int | None = None) -> np.ndarray:
-        """Score every row with the current model (before learning it), then learn the labelled ones.
+    def learn(self, X: np.ndarray, y: np.ndarray, first_event_ms: int | None = None) -> Scores:
+        """Score every row with the personal, global and served models, then learn the labelled ones.
 
-        ``y`` is NaN where the label is unknown. Returns the local model's predictions.
+        ``y`` is NaN where the label is unknown.
         """
         n = len(X)
         if n == 0:
-            return np.zeros(0, dtype=np.float32)
+            empty = np.zeros(0, dtype=np.float32)
+            return Scores(empty, empty, empty)
         self.report.records += n
         M.SITE_RECORDS.labels(**self.labels).inc(n)
-        p_global = self.global_model.predict_proba_many(X)
-        p_local = self.model.prequential_many(X, y)
+        z_global = self.federated.logits(self.base, X)
+        z_personal = self.personal.prequential(X, y)  # scores, then learns
+        p_served = self.served.step(z_personal, z_global, y)  # scores, then learns the labelled rows
         labelled = ~np.isnan(y)
         nl = int(labelled.sum())
         if nl:
-            yl, pl = y[labelled], p_local[labelled]
-            self.local_metrics.update(yl, pl)
-            self.global_metrics.update(yl, p_global[labelled])
-            for err in np.abs(yl - pl).tolist():
-                self.drift.update(err)
-                if self.drift.drift_detected:
-                    self.report.drifts += 1
-                    M.SITE_DRIFT.labels(**self.labels).inc()
-                    log.info("site=%s drift detected by ADWIN on the error stream", self.site_id)
-            self.replay.add(X[labelled], yl, window=self.state.next_sequence)
+            yl = y[labelled]
+            self.local_metrics.update(yl, sigmoid(z_personal[labelled]))
+            self.global_metrics.update(yl, sigmoid(z_global[labelled]))
+            self.served_metrics.update(yl, p_served[labelled])
+            self._watch_drift(np.abs(yl - p_served[labelled]))
+            if self.contribute:
+                self.contribution.add(X[labelled], yl)
             self.report.labelled += nl
-            self.window_examples += nl
-            self._since_step += nl
             M.SITE_LABELLED.labels(**self.labels).inc(nl)
             if first_event_ms is not None:
                 self.window_first_ms = (
                     first_event_ms if self.window_first_ms is None else min(first_event_ms, self.window_first_ms)
                 )
         self._export_quality()
-        return p_local
+        return Scores(
+            p_served.astype(np.float32), sigmoid(z_personal).astype(np.float32), sigmoid(z_global).astype(np.float32)
+        )
+
+    def _watch_drift(self, errors: np.ndarray) -> None:
+        for err in errors.tolist():
+            self.drift.update(err)
+            if self.drift.drift_detected:
+                self.report.drifts += 1
+                M.SITE_DRIFT.labels(**self.labels).inc()
+                log.info("site=%s drift detected by ADWIN on the served error stream", self.site_id)
 
     def _export_quality(self) -> None:
-        for name, win in (("local", self.local_metrics), ("global", self.global_metrics)):
+        windows = (("local", self.local_metrics), ("global", self.global_metrics), ("served", self.served_metrics))
+        for name, win in windows:
             auc, ll = win.get_auc(), win.get_logloss()
             if auc is not None:
                 M.SITE_AUC.labels(**self.labels, model=name).set(auc)
             if ll is not None:
                 M.SITE_LOGLOSS.labels(**self.labels, model=name).set(ll)
-        self.report.auc = self.local_metrics.get_auc()
+        self.report.auc = self.served_metrics.get_auc()
+        self.report.local_auc = self.local_metrics.get_auc()
         self.report.global_auc = self.global_metrics.get_auc()
-        self.report.logloss = self.local_metrics.get_logloss()
+        self.report.logloss = self.served_metrics.get_logloss()
+        self.report.served_weight = self.served.weight
+        M.SITE_SERVED_WEIGHT.labels(**self.labels).set(self.served.weight)
 
     def maybe_step(self) -> bool:
-        """Mini-batch steps of the deep learner when N new rows arrived or T seconds passed."""
-        deep = self.model.deep
-        if deep is None or len(self.replay) == 0 or self._since_step == 0:
+        """Mini-batch steps of the personal deep model when N new rows arrived or T seconds passed."""
+        if not self.personal.maybe_step():
             return False
-        d = self.spec.deep
-        if self._since_step < d.step_every_records and self.clock() - self._last_step < d.step_every_seconds:
-            return False
-        deep.train_steps(self.replay, d.steps, d.batch_size, self.sample_rng)
-        if deep.device.type == "cuda":
-            self._gpu_seconds += deep.last_step_seconds * d.steps
-        M.GPU_STEP.labels(**self.labels, device=deep.device.type).observe(deep.last_step_seconds)
-        self.report.deep_steps += d.steps
-        self._since_step = 0
-        self._last_step = self.clock()
+        seconds = self.personal.last_step_seconds
+        if self.personal.device == "cuda":
+            self._gpu_seconds += seconds * self.spec.deep.steps
+            M.GPU_STEP.labels(**self.labels, device="cuda").observe(seconds)
+        self.report.deep_steps = self.personal.steps_taken
         return True
 
     # -- updates --------------------------------------------------------------------------------
     def due(self) -> bool:
-        u = self.update
-        return self.window_examples >= u.every_records or (
-            self.clock() - self._last_publish >= u.every_seconds and self.window_examples >= u.min_records
+        """A full window waits, or ``every_seconds`` passed with at least ``min_records`` in the window."""
+        c = self.contribution
+        return c.has_full_window or (
+            self.clock() - self._last_publish >= self.update.every_seconds
+            and c.pending_examples >= self.update.min_records
         )
-
-    def _clip(self, delta: np.ndarray) -> tuple[np.ndarray, float]:
-        C = self.privacy.clip_norm
-        share = self.privacy.online_clip_share
-        if share is not None and self.model.deep is not None:
-            n_online = len(self.model.featurizer.names) + 1
-            bounds = [(0, n_online, C * math.sqrt(share)), (n_online, delta.size, C * math.sqrt(1 - share))]
-            return clip_segments(delta, bounds)
-        return clip_l2(delta, C)
 
     def make_update(
         self,
         tamper: Callable[[np.ndarray], np.ndarray] | None = None,
         encode: Callable[[np.ndarray, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any] | None:
-        """The signed update record of the current window, or None when the budget forbids one.
+        """The signed update record of the next window, or None when the budget forbids one.
 
         The ledger entry and the next sequence number are durable when this returns; the caller
         commits its consumed offsets and only then produces the record. ``tamper`` (tests of the
         aggregator's defences only) rewrites the noised delta as a malicious site would.
-        ``encode`` replaces the record's parameters before signing (secure aggregation masks them).
+        ``encode`` replaces the record's parameters before signing: secure aggregation masks the
+        noised *sum* (``delta * num_examples``), which the aggregator divides by the buffer's slots.
         """
-        C = self.privacy.clip_norm
-        delta = self.model.get_params() - self.base
+        m = self.mechanism
+        probe = Release(0, 0, m.noise_multiplier, m.clip_norm, 0, m.kind, m.steps, m.sampling_rate)
         try:
-            eps_after = self.ledger.check(self.sigma)
+            self.ledger.check(probe)
         except PrivacyBudgetExceeded as exc:
             if not self.report.budget_exhausted:
                 log.warning("site=%s stops publishing: %s (keeps learning locally)", self.site_id, exc)
             self.report.budget_exhausted = True
             self.report.updates_withheld += 1
             M.SITE_BUDGET_EXHAUSTED.labels(**self.labels).set(1)
+            self.contribution.release(close_current=True)  # dropped: these windows never leave
             self._reset_window()
             return None
-        clipped, norm = self._clip(delta)
-        M.SITE_UPDATE_NORM.labels(**self.labels).observe(norm)
-        noise_std = self.sigma * C / self.noise_divisor
-        noised = add_gaussian_noise(clipped, noise_std, self.rng)
+        c = self.contribution.release(close_current=not self.contribution.has_full_window)
+        if c is None:
+            return None
+        M.SITE_UPDATE_NORM.labels(**self.labels).observe(c.grad_norm)
+        delta = c.delta
         if tamper is not None:
-            noised = tamper(noised).astype(np.float32)
+            delta = tamper(delta).astype(np.float32)
         seq = self.state.advance()
-        spent = self.ledger.record(seq, self.sigma, C, self.window_examples)
-        assert abs(spent - eps_after) < 1e-9
+        spent = self.ledger.record(
+            Release(
+                seq,
+                int(time.time() * 1000),
+                m.noise_multiplier,
+                m.clip_norm,
+                c.num_examples,
+                m.kind,
+                m.steps,
+                m.sampling_rate,
+            )
+        )
         now_ms = int(time.time() * 1000)
         cpu_s, gpu_s = self.cpu.read(), self._gpu_seconds
         gpu_j = self.gpu_energy.read() if self.gpu_energy is not None else None
@@ -313,28 +336,33 @@ class SiteLearner:
             "sequence": seq,
             "base_version": self.base_version,
             "created_ms": now_ms,
-            "num_examples": self.window_examples,
-            "num_params": int(noised.size),
-            "params": params_to_bytes(noised),
-            "clip_norm": C,
-            "noise_std": noise_std,
+            "num_examples": c.num_examples,
+            "num_params": int(delta.size),
+            "params": params_to_bytes(delta),
+            "clip_norm": m.clip_norm,
+            "noise_std": c.noise_std,
             "epsilon_spent": spent,
             "delta": self.privacy.delta,
             "first_event_ms": self.window_first_ms or now_ms,
             "cpu_seconds": cpu_s,
             "gpu_seconds": gpu_s,
             "gpu_energy_joules": gpu_j,
+            "mechanism": m.kind,
+            "noise_multiplier": m.noise_multiplier,
+            "steps": m.steps,
+            "sampling_rate": m.sampling_rate,
         }
         if encode is not None:
-            encode(noised, record)
+            encode(delta.astype(np.float64) * c.num_examples, record)
         self.signer.sign(record)
         log.info(
-            "site=%s update seq=%d base=%d examples=%d norm=%.3f eps=%.3f",
+            "site=%s update seq=%d base=%d examples=%d grad-norm=%.3f clipped=%.0f%% eps=%.3f",
             self.site_id,
             seq,
             self.base_version,
-            self.window_examples,
-            norm,
+            c.num_examples,
+            c.grad_norm,
+            100 * c.clipped,
             spent,
         )
         self.report.updates_published += 1
@@ -346,17 +374,10 @@ class SiteLearner:
         M.SITE_EPSILON_RECORD.labels(**self.labels).set(self.report.epsilon_per_record)
         if self.ledger.remaining() is not None:
             M.SITE_BUDGET_REMAINING.labels(**self.labels).set(self.ledger.remaining() or 0.0)
-        # After a release the local model restarts from the global base: whatever it learnt left
-        # only through the noised update. Rows stay in the replay buffer for at most k releases.
-        self.model.set_params(self.base)
-        if self.model.deep is not None:
-            self.model.deep.reset_optimizer()
-        self.replay.evict_windows_before(seq - self.privacy.max_updates_per_record + 2)
         self._reset_window()
         return record
 
     def _reset_window(self) -> None:
-        self.window_examples = 0
         self.window_first_ms = None
         self._last_publish = self.clock()
 
@@ -370,13 +391,13 @@ class SiteLearner:
         return version > self.base_version or (version == self.base_version and sha != self.base_sha)
 
     def rebase(self, version: int, params: np.ndarray, sha: str) -> None:
-        """Move onto a new global version, keeping the progress of the window not yet published."""
-        progress = self.model.get_params() - self.base
+        """Serve and contribute from a new global version (the personal model is untouched)."""
+        if params.shape != self.base.shape:
+            raise ValueError(f"version {version} has {params.size} parameters, the model {self.base.size}")
         self.base = params.astype(np.float32)
         self.base_version = version
         self.base_sha = sha
-        self.model.set_params(self.base + progress)
-        self.global_model.set_params(self.base)
+        self.contribution.rebase(self.base)
         self.report.base_version = version
         self.report.rebases += 1
         M.SITE_BASE_VERSION.labels(**self.labels).set(version)

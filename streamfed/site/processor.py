@@ -1,8 +1,8 @@
 """The site processor: consume -> validate -> features -> predict-then-learn -> trigger -> publish.
 
-Raw records never leave this process. What leaves is a clipped, noised, accounted and signed
-delta (made by :class:`~streamfed.site.learner.SiteLearner`), and dead letters of records that
-could not be used.
+Raw records never leave this process. What leaves is a signed, accounted step built from noised
+sums of clipped per-record gradients (made by :class:`~streamfed.site.learner.SiteLearner`), and
+dead letters of records that could not be used.
 """
 
 from __future__ import annotations
@@ -162,8 +162,7 @@ class SiteProcessor:
         self._open()
         assert self._consumer is not None
         t0 = time.monotonic()
-        # Never take more than one update window in a batch, so windows keep their size.
-        batch = min(self.batch_size, self.learner.update.every_records)
+        batch = self.batch_size  # windows are cut by position inside the learner, whatever the batch
         try:
             while not self.stop_event.is_set():
                 if timeout_s is not None and time.monotonic() - t0 >= timeout_s:
@@ -177,8 +176,8 @@ class SiteProcessor:
                 if self.secure is not None:
                     self._poll_secagg()
                 self.learner.maybe_step()
-                if self.learner.due():
-                    self.publish()
+                while self.learner.due() and self.publish():
+                    pass
                 self._poll_producers()
         finally:
             self.report.seconds = time.monotonic() - t0
@@ -259,7 +258,7 @@ class SiteProcessor:
                     continue
                 version, sha = int(rec["version"]), rec["params_sha256"]
                 if self.learner.wants(version, sha):
-                    params = params_from_bytes(rec["params"], self.learner.model.num_params)
+                    params = params_from_bytes(rec["params"], self.learner.num_params)
                     self.learner.rebase(version, params, sha)
             except (SerializationError, KeyError) as exc:
                 log.warning(

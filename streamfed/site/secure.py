@@ -70,7 +70,8 @@ class SecureSite:
         return self.sent_for != base_version
 
     def encode(self, noised: np.ndarray, record: dict[str, Any]) -> None:
-        """Quantise and mask ``noised`` for the buffer of ``record``'s base version (before signing)."""
+        """Quantise and mask ``noised`` (the site's noised sum, ``delta * num_examples``) for the buffer
+        of ``record``'s base version (before signing)."""
         buffer = int(record["base_version"])
         q = quantize(noised, self.params.scale, self.params.bound, self.rng)
         masked = self.client.mask(buffer, q)

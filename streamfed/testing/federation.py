@@ -75,7 +75,7 @@ def run_federation(
                 del live[sid]
                 continue
             learner = learners[sid]
-            X, y, status = learner.model.featurizer.transform(batch)
+            X, y, status = learner.featurizer.transform(batch)
             good = np.array([st is True for st in status], dtype=bool)
             learner.learn(X[good], y[good])
             learner.maybe_step()
@@ -92,9 +92,9 @@ def run_federation(
                 continue
             agg.report.accepted += 1
             if agg.fedbuff.add(pending):
-                params, _used = agg.fedbuff.aggregate(agg.state.params, agg.state.version)
+                params, _used, opt = agg.fedbuff.aggregate(agg.state.params, agg.state.version, agg.state.opt)
                 agg.state.version += 1
-                agg.state.params = params
+                agg.state.params, agg.state.opt = params, opt
                 agg.report.versions += 1
                 sha = sha256_hex(params_to_bytes(params))
                 for other in learners.values():

@@ -121,6 +121,28 @@ class DeepSpec(Frozen):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
 
 
+class BlendSpec(Frozen):
+    """How a site learns, online, what it serves from two models (see streamfed/site/served.py).
+
+    The personal model joins its online and deep learners this way, and the served prediction joins
+    the personal and the global model. Experts: each model alone and, for each weight ``a`` on the
+    grid, ``sigmoid(s (a z_1 + (1 - a) z_2) + c)`` with ``s, c`` learnt online; served: their
+    exponentially weighted mixture by discounted prequential log loss, from a prior that favours the
+    first model (the personal one, so a site starts where local-only would).
+    """
+
+    grid: int = Field(11, ge=2, le=101, description="mixing weights 0, 1/(grid-1), ..., 1")
+    half_life: int = Field(
+        5000, gt=0, description="labelled records after which a past loss counts half (follows drift)"
+    )
+    calibration_prior: PositiveFloat = Field(
+        5.0, description="weight, in records, of the prior (scale 1, bias 0) of each blend's online Platt scaling"
+    )
+    prior_first: float = Field(
+        0.3, gt=0, lt=1, description="prior weight of the first model alone (the personal one): regret to it ln(1/w)"
+    )
+
+
 class ModelSpec(Frozen):
     name: Name = Field(description="model name: the key on the models topic")
     task: Literal["binary_classification"] = "binary_classification"
@@ -129,29 +151,50 @@ class ModelSpec(Frozen):
     features: FeatureSpec
     online: OnlineSpec = OnlineSpec()
     deep: DeepSpec = DeepSpec()
-    blend: float = Field(0.5, ge=0, le=1, description="weight of the online learner in predictions")
+    blend: BlendSpec = BlendSpec()
     seed: int = Field(0, description="seed of version 0's parameters, shared by every site and the aggregator")
     auc_window: int = Field(1000, gt=10, description="records in the sliding window of prequential metrics")
 
 
 class PrivacySpec(Frozen):
-    """Per-record differential privacy of every published update (see docs/privacy.md)."""
+    """Per-record differential privacy of every published update (see docs/privacy.md).
 
-    epsilon: PositiveFloat = Field(description="per-record target epsilon over the k releases a record can reach")
+    Each release is built from Gaussian-noised sums of per-record clipped gradients. ``window_sum``:
+    one sum per window, every record's gradient at the site's current global point. ``dp_sgd``:
+    ``steps`` noised DP-SGD steps per release, each over a Poisson sample (``sampling_rate``) of the
+    records of the last ``max_updates_per_record`` windows.
+    """
+
+    epsilon: PositiveFloat = Field(description="per-record target epsilon over every release a record can reach")
     delta: float = Field(1e-6, gt=0, lt=1)
-    clip_norm: PositiveFloat = 1.0
-    max_updates_per_record: int = Field(2, ge=1, le=1000, description="k: releases one record can influence")
+    clip_norm: PositiveFloat = Field(1.0, description="L2 bound of each record's gradient (the sensitivity)")
+    mechanism: Literal["window_sum", "dp_sgd"] = Field(
+        "window_sum", description="window_sum: one noised sum per window; dp_sgd: subsampled steps per window"
+    )
+    steps: int = Field(1, ge=1, le=10000, description="dp_sgd: noised steps per release")
+    sampling_rate: float = Field(
+        1.0, gt=0, le=1, description="dp_sgd: Poisson probability that a pooled record is in a step"
+    )
+    max_updates_per_record: int = Field(
+        1, ge=1, le=1000, description="k: releases one record can reach (dp_sgd: windows a record stays pooled)"
+    )
     noise_multiplier: PositiveFloat | None = Field(
-        None, description="noise std / clip_norm; calibrated from epsilon when left out"
+        None, description="noise std / clip_norm of each sum; calibrated from epsilon when left out"
     )
     budget_epsilon: PositiveFloat | None = Field(None, description="lifetime epsilon budget per site")
-    online_clip_share: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="clip the online and deep parameters separately, giving the online ones this share of "
-        "clip_norm squared (same total sensitivity); null clips the whole vector at once",
-    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacySpec:
+        if self.mechanism == "window_sum":
+            fixed = {"steps": self.steps, "sampling_rate": self.sampling_rate, "max_updates_per_record": 0}
+            fixed["max_updates_per_record"] = self.max_updates_per_record
+            wrong = [f"{k} = {v}" for k, v in fixed.items() if v != 1]
+            if wrong:
+                raise ValueError(
+                    f"mechanism 'window_sum' makes one noised sum per window, so steps, sampling_rate and "
+                    f"max_updates_per_record must be 1 (got {', '.join(wrong)}); valid mechanisms: window_sum, dp_sgd"
+                )
+        return self
 
 
 class UpdateSpec(Frozen):
@@ -160,6 +203,9 @@ class UpdateSpec(Frozen):
     every_records: int = Field(2000, gt=0, description="publish after this many labelled records")
     every_seconds: PositiveFloat = Field(5.0, description="... or after this many seconds")
     min_records: int = Field(50, ge=1, description="never publish a window smaller than this")
+    learning_rate: PositiveFloat = Field(
+        1.0, description="step the site takes on each noised mean gradient (the release is that step)"
+    )
 
 
 class SecureAggregationSpec(Frozen):
@@ -187,6 +233,12 @@ class AggregationSpec(Frozen):
     )
     buffer_size: int = Field(3, ge=1, le=10000, description="K: accepted updates per version")
     server_learning_rate: PositiveFloat = 1.0
+    server_optimizer: Literal["sgd", "momentum", "adam"] = Field(
+        "sgd", description="how the server applies a buffer's combined update (FedOpt: delta as a pseudo-gradient)"
+    )
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="momentum, or Adam's beta1")
+    server_beta2: float = Field(0.99, gt=0, lt=1, description="Adam's beta2")
+    server_epsilon: PositiveFloat = Field(1e-3, description="Adam's epsilon (adaptivity floor)")
     max_staleness: int = Field(20, ge=0, description="reject updates based this many versions back or more")
     staleness_exponent: float = Field(0.5, ge=0, le=4, description="weight (1 + staleness) ** -a")
     weight_by_examples: bool = Field(True, description="weight by the update's example count")
@@ -331,6 +383,11 @@ class Topology(Frozen):
         if not math.isfinite(self.privacy.epsilon):
             raise ValueError("privacy.epsilon must be finite")
         secure = self.aggregation.secure
+        if secure is not None and self.privacy.mechanism != "window_sum":
+            raise ValueError(
+                f"aggregation.secure needs privacy.mechanism 'window_sum' (got '{self.privacy.mechanism}'): "
+                "distributed noise adds up only over sums released once; dp_sgd's local steps are not a sum"
+            )
         if secure is not None and secure.threshold > len(self.sites):
             raise ValueError(
                 f"aggregation.secure.threshold ({secure.threshold}) cannot exceed "

@@ -1,5 +1,6 @@
 """Every learner passes the same checks: flat float32 parameters that round-trip and are copies,
-learning that leaves its input alone and improves on separable data, probabilities in [0, 1]."""
+learning that leaves its input alone and improves on separable data, probabilities in [0, 1].
+(The federated models' per-example gradients have their own contract: test_federated_models.py.)"""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamfed.learners import RiverLogisticLearner, SiteModel, TorchMLPLearner
+from streamfed.learners import RiverLogisticLearner
 from streamfed.learners.base import Learner
-from streamfed.topology import load_topology
-
-FRAUD_MODEL = load_topology("fraud").model
+from streamfed.learners.torch_mlp import TorchMLPLearner
 
 
 def _river() -> tuple[Learner, int, int]:
@@ -24,16 +23,10 @@ def _torch() -> tuple[Learner, int, int]:
     return TorchMLPLearner(6, [8], learning_rate=0.05, device="cpu", seed=3), 6, 40
 
 
-def _site() -> tuple[Learner, int, int]:
-    model = SiteModel(FRAUD_MODEL, device="cpu")
-    return model, model.featurizer.dim, 3
-
-
 # name -> (learner, input dim, passes over the data to learn it)
 FACTORIES: dict[str, Callable[[], tuple[Learner, int, int]]] = {
     "river_logistic": _river,
     "torch_mlp": _torch,
-    "site_model": _site,
 }
 
 
@@ -79,14 +72,6 @@ def test_get_params_is_flat_float32_of_the_layout_size(name: str) -> None:
     assert np.isfinite(params).all()
 
 
-def test_the_site_model_is_both_learners_side_by_side() -> None:
-    model, dim, _ = _site()
-    assert isinstance(model, SiteModel) and model.deep is not None
-    assert dim == 14
-    assert [s.name for s in model.layout()][:2] == ["online.weights", "online.intercept"]
-    assert model.get_params().size == (14 + 1) + (14 * 8 + 8 + 8 + 1)
-
-
 @pytest.mark.parametrize("name", _learners())
 def test_set_params_round_trips_exactly(name: str) -> None:
     learner, _, _ = _build(name)
@@ -128,7 +113,7 @@ def test_set_params_copies_its_input(name: str) -> None:
 
 @pytest.mark.parametrize("name", _learners())
 def test_learning_does_not_write_into_the_array_given_to_set_params(name: str) -> None:
-    """The site keeps its global base in the array it hands to set_params (SiteLearner.base)."""
+    """A caller may keep the array it hands to set_params (an earlier version of the site did)."""
     learner, dim, _ = _build(name)
     base = learner.get_params()
     kept = base.copy()

@@ -73,7 +73,7 @@ def test_models_cli_lists_shows_and_exports_versions(topology_factory, bootstrap
 
     import numpy as np
 
-    from streamfed.learners.model import SiteModel
+    from streamfed.learners.federated import build_federated_model, sigmoid
     from streamfed.registry.export import load_exported
 
     path, topo = topology_factory("fraud", {"update": {"every_seconds": 1.0, "min_records": 50}})
@@ -108,10 +108,9 @@ def test_models_cli_lists_shows_and_exports_versions(topology_factory, bootstrap
     assert exported.returncode == 0, exported.stderr
     params, meta = load_exported(out)
     assert meta["version"] == doc["version"]
-    model = SiteModel(topo.model, device="cpu")
-    model.set_params(params)
+    model = build_federated_model(topo.model, device="cpu")
     X = np.zeros((4, len(topo.model.features.names())), dtype=np.float32)
-    p = model.predict_proba_many(X)
+    p = sigmoid(model.logits(params, X))
     assert p.shape == (4,) and np.all((p >= 0) & (p <= 1))
     with np.load(out) as z:
-        assert z["online.weights"].shape == (len(topo.model.features.names()),)
+        assert z["linear.weights"].shape == (len(topo.model.features.names()),)

@@ -61,6 +61,10 @@ def test_hostile_updates_are_rejected_with_their_reasons_and_versions_go_on(topo
             "cpu_seconds": 0.1,
             "gpu_seconds": 0.0,
             "gpu_energy_joules": None,
+            "mechanism": "window_sum",
+            "noise_multiplier": agg.model.noise_multiplier,
+            "steps": 1,
+            "sampling_rate": 1.0,
         }
         rec.update(over)
         return (signer or signers[site]).sign(rec)

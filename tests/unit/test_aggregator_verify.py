@@ -62,6 +62,10 @@ def make(topo: Topology, agg: Aggregator) -> Make:
             "cpu_seconds": 0.25,
             "gpu_seconds": 0.0,
             "gpu_energy_joules": None,
+            "mechanism": "window_sum",
+            "noise_multiplier": agg.model.noise_multiplier,
+            "steps": 1,
+            "sampling_rate": 1.0,
         }
         rec.update(kw)
         (signer or signers[site]).sign(rec)
@@ -78,11 +82,12 @@ def _reason(agg: Aggregator, blob: bytes | None) -> str:
 
 
 def test_the_aggregator_is_built_without_kafka(agg: Aggregator, topo: Topology) -> None:
-    assert agg.model.initial_params.size == 15 + 129  # online 14 + 1, deep 14*8 + 8 + 8 + 1
+    assert agg.model.initial_params.size == 15 + 129  # linear 14 + 1, deep 14*8 + 8 + 8 + 1
     assert agg.model.initial_params.dtype == np.float32
     assert agg.model.max_update_norm > topo.privacy.clip_norm
+    assert agg.model.mechanism == "window_sum" and agg.model.noise_multiplier > 0
     assert agg.state.version == 0
-    assert agg._consumer is None and agg._producer is None
+    assert agg._consumer is None and agg.txn.producer is None
 
 
 def test_a_valid_update_passes(agg: Aggregator, make: Make) -> None:
@@ -192,8 +197,16 @@ def test_an_update_for_another_model(agg: Aggregator, make: Make) -> None:
     assert _reason(agg, make(topology="heart", sequence=2)) == "wrong_model"
 
 
-def test_negative_example_count(agg: Aggregator, make: Make) -> None:
-    assert _reason(agg, make(num_examples=-1)) == "metadata"
+@pytest.mark.parametrize("count", [-1, 0])
+def test_an_example_count_below_one(agg: Aggregator, make: Make, count: int) -> None:
+    assert _reason(agg, make(num_examples=count)) == "metadata"
+
+
+def test_an_update_declaring_another_mechanism_or_less_noise(agg: Aggregator, make: Make) -> None:
+    assert _reason(agg, make(mechanism="dp_sgd", sequence=1)) == "metadata"
+    low = agg.model.noise_multiplier * 0.9
+    assert _reason(agg, make(noise_multiplier=low, sequence=2)) == "metadata"
+    assert agg.verify(make(noise_multiplier=agg.model.noise_multiplier * 2, sequence=3)).sequence == 3
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def _assert_same(a: AggregatorState, b: AggregatorState) -> None:
 
 
 def _params_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("params-*.npy"))
+    return sorted(p.name for p in folder.glob("params-*.np[yz]"))
 
 
 def test_no_checkpoint_yet(tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_committed_only(tmp_path: Path) -> None:
     committed, pending = loaded
     assert pending is None
     _assert_same(committed, state)
-    assert _params_files(tmp_path / "agg") == [f"params-3-{state.params_sha256[:12]}.npy"]
+    assert _params_files(tmp_path / "agg") == [f"params-3-{state.params_sha256[:12]}.npz"]
     assert not list((tmp_path / "agg").glob("*.tmp"))
 
 
@@ -76,10 +76,10 @@ def test_old_params_files_are_removed(tmp_path: Path) -> None:
     cp.write(v1, v2)  # before the transaction: both kept
     assert len(_params_files(folder)) == 2
     cp.write(v2)  # promoted: v1's file goes
-    assert _params_files(folder) == [f"params-2-{v2.params_sha256[:12]}.npy"]
+    assert _params_files(folder) == [f"params-2-{v2.params_sha256[:12]}.npz"]
     cp.write(v2, v3)
     cp.write(v2)  # rolled back: v3's file goes
-    assert _params_files(folder) == [f"params-2-{v2.params_sha256[:12]}.npy"]
+    assert _params_files(folder) == [f"params-2-{v2.params_sha256[:12]}.npz"]
     loaded = cp.load()
     assert loaded is not None and loaded[1] is None
     _assert_same(loaded[0], v2)

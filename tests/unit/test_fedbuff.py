@@ -48,7 +48,7 @@ def test_aggregate_weights_by_examples_and_staleness() -> None:
     for u in ups:
         fb.add(u)
     params = np.array([10.0, -10.0], dtype=np.float32)
-    new, used = fb.aggregate(params, version=5)
+    new, used, _ = fb.aggregate(params, version=5)
 
     weights = np.array([100.0, 100.0, 1.0])
     combined = (weights[:, None] * np.array([[1.0, 0.0], [0.0, 1.0], [4.0, 4.0]])).sum(0) / weights.sum()
@@ -65,7 +65,7 @@ def test_aggregate_without_example_weights_is_uniform_at_equal_staleness() -> No
     fb = FedBuff(AggregationSpec(buffer_size=2, weight_by_examples=False), Mean())
     fb.add(_upd("a", 1, 10, [2.0]))
     fb.add(_upd("b", 1, 1000, [4.0]))
-    new, used = fb.aggregate(np.zeros(1, np.float32), version=1)
+    new, used, _ = fb.aggregate(np.zeros(1, np.float32), version=1)
     assert new.tolist() == [3.0]
     assert [u.weight for u in used] == [1.0, 1.0]
 
@@ -74,7 +74,7 @@ def test_aggregate_without_example_weights_still_discounts_staleness() -> None:
     fb = FedBuff(AggregationSpec(buffer_size=2, weight_by_examples=False, staleness_exponent=1.0), Mean())
     fb.add(_upd("a", 4, 10, [3.0]))  # weight 1
     fb.add(_upd("b", 2, 10, [0.0]))  # staleness 2 -> weight 1/3
-    new, used = fb.aggregate(np.zeros(1, np.float32), version=4)
+    new, used, _ = fb.aggregate(np.zeros(1, np.float32), version=4)
     assert new[0] == pytest.approx(3.0 * 1 / (1 + 1 / 3))
     assert [u.weight for u in used] == pytest.approx([1.0, 1 / 3])
 
@@ -83,7 +83,7 @@ def test_aggregate_uses_the_rule() -> None:
     fb = FedBuff(AggregationSpec(buffer_size=3, rule="median"), CoordinateMedian())
     for i, v in enumerate([1.0, 2.0, 100.0]):
         fb.add(_upd(f"s{i}", 0, 10 if i < 2 else 10_000, [v]))
-    new, _ = fb.aggregate(np.zeros(1, np.float32), version=0)
+    new, _, _ = fb.aggregate(np.zeros(1, np.float32), version=0)
     assert new.tolist() == [2.0]
 
 
@@ -110,3 +110,33 @@ def test_make_rule(spec: AggregationSpec, cls: type) -> None:
 def test_rule_constructors_validate(factory: type, arg: float) -> None:
     with pytest.raises(ConfigError):
         factory(arg)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_server_optimizers_step_along_the_combined_delta_and_keep_their_state(kind: str) -> None:
+    from streamfed.aggregation.fedbuff import ServerOptimizer
+
+    opt = ServerOptimizer(AggregationSpec(server_optimizer=kind, server_learning_rate=0.5))
+    p = np.zeros(3, np.float32)
+    u = np.array([1.0, -2.0, 0.0], np.float32)
+    state: dict[str, np.ndarray] = {}
+    for _ in range(3):
+        new, state2 = opt.step(p, u, state)
+        assert (np.sign(new - p) == np.sign(u)).all()  # a descent step moves along the delta
+        assert state2 is not state and all(v.dtype == np.float32 for v in state2.values())
+        p, state = new, state2
+    assert set(state) == {"sgd": set(), "momentum": {"m"}, "adam": {"m", "v"}}[kind]
+    if kind == "sgd":
+        np.testing.assert_allclose(p, 3 * 0.5 * u)
+    if kind == "momentum":  # m = u, 1.9 u, 2.71 u
+        np.testing.assert_allclose(p, 0.5 * (1 + 1.9 + 2.71) * u, rtol=1e-6)
+
+
+def test_the_optimizer_state_round_trips_through_the_checkpoint(tmp_path) -> None:
+    from streamfed.aggregation.checkpoint import AggregatorState, Checkpoint
+
+    st = AggregatorState(3, np.ones(4, np.float32), {"a": 2}, {"t:0": 9}, "c", {"m": np.full(4, 0.5, np.float32)})
+    Checkpoint(tmp_path).write(st)
+    loaded, pending = Checkpoint(tmp_path).load()  # type: ignore[misc]
+    assert pending is None and loaded.version == 3
+    np.testing.assert_array_equal(loaded.opt["m"], st.opt["m"])

@@ -37,6 +37,10 @@ def _update(seq: int) -> dict:
         "cpu_seconds": 0.1,
         "gpu_seconds": 0.0,
         "gpu_energy_joules": None,
+        "mechanism": "window_sum",
+        "noise_multiplier": 1.0,
+        "steps": 1,
+        "sampling_rate": 1.0,
     }
 
 

@@ -1,4 +1,5 @@
-"""Privacy math: clipping, seeded Gaussian noise, the dp-accounting epsilon, the ledger and budget."""
+"""Privacy math: clipping, seeded Gaussian noise, the dp-accounting epsilon of each mechanism under
+zero-out adjacency, calibration by the tighter of RDP and PLD, the ledger and budget."""
 
 from __future__ import annotations
 
@@ -8,20 +9,25 @@ from pathlib import Path
 import dp_accounting
 import numpy as np
 import pytest
-from dp_accounting import rdp
+from dp_accounting import pld, rdp
 
 from streamfed.errors import PrivacyBudgetExceeded
 from streamfed.privacy import (
+    Mechanism,
     PrivacyLedger,
+    Release,
     add_gaussian_noise,
-    calibrate_noise_multiplier,
+    calibrate,
     clip_l2,
-    clip_segments,
     csprng,
-    epsilon_for,
+    epsilon,
+    resolve,
     resolve_noise_multiplier,
 )
+from streamfed.privacy.accountant import RDP_ORDERS, releases_epsilon
 from streamfed.topology import PrivacySpec
+
+ZERO_OUT = dp_accounting.NeighboringRelation.REPLACE_SPECIAL
 
 # -- clipping -------------------------------------------------------------------------------------
 
@@ -64,15 +70,6 @@ def test_clip_l2_rejects_non_finite(bad: float) -> None:
 def test_clip_l2_rejects_a_non_positive_bound(clip: float) -> None:
     with pytest.raises(ValueError, match="positive"):
         clip_l2(np.ones(3, dtype=np.float32), clip)
-
-
-def test_clip_segments_bounds_each_segment() -> None:
-    vec = np.array([3.0, 4.0, 0.0, 6.0, 8.0], dtype=np.float32)
-    out, norm = clip_segments(vec, [(0, 2, 1.0), (2, 5, 2.0)])
-    assert norm == pytest.approx(float(np.sqrt(125.0)))
-    np.testing.assert_allclose(out, [0.6, 0.8, 0.0, 1.2, 1.6], rtol=1e-6)
-    with pytest.raises(ValueError, match="cover 2 of 5"):
-        clip_segments(vec, [(0, 2, 1.0)])
 
 
 # -- noise ----------------------------------------------------------------------------------------
@@ -126,106 +123,146 @@ def test_csprng_gives_different_streams() -> None:
 # -- accounting -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sigma", "k", "delta"), [(1.95, 2, 1e-6), (1.0, 1, 1e-5), (4.0, 10, 1e-6)])
-def test_epsilon_for_matches_a_direct_rdp_accountant(sigma: float, k: int, delta: float) -> None:
-    acc = rdp.RdpAccountant()
-    # one record moves a clipped delta by at most 2C, so the noise multiplier is sigma / 2
-    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma / 2), k))
-    assert epsilon_for(sigma, k, delta) == pytest.approx(acc.get_epsilon(delta), rel=1e-12)
+def _direct(event: dp_accounting.DpEvent, delta: float, method: str) -> float:
+    acc: dp_accounting.PrivacyAccountant
+    if method == "rdp":
+        acc = rdp.RdpAccountant(orders=RDP_ORDERS, neighboring_relation=ZERO_OUT)
+    else:
+        acc = pld.PLDAccountant(neighboring_relation=ZERO_OUT, value_discretization_interval=1e-3)
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
 
 
-def test_epsilon_for_grows_with_releases_and_shrinks_with_noise() -> None:
-    assert epsilon_for(2.0, 0, 1e-6) == 0.0
-    assert epsilon_for(2.0, 1, 1e-6) < epsilon_for(2.0, 2, 1e-6) < epsilon_for(2.0, 8, 1e-6)
-    assert epsilon_for(4.0, 2, 1e-6) < epsilon_for(2.0, 2, 1e-6)
+WINDOW = Mechanism("window_sum", 0.8, 1.0)
+DPSGD = Mechanism("dp_sgd", 1.1, 1.0, steps=4, sampling_rate=0.25, releases_per_record=3)
 
 
-@pytest.mark.parametrize(("eps", "k"), [(8.0, 2), (1.0, 1), (3.0, 5), (0.5, 2)])
-def test_calibrated_sigma_spends_at_most_and_close_to_epsilon(eps: float, k: int) -> None:
-    sigma = calibrate_noise_multiplier(eps, 1e-6, k)
-    spent = epsilon_for(sigma, k, 1e-6)
-    assert spent <= eps
-    assert spent >= 0.99 * eps
+def test_window_sum_is_one_gaussian_release_per_record() -> None:
+    # sensitivity C per noised sum (zero-out): noise multiplier sigma, each record in one release
+    assert WINDOW.record_event() == dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(0.8), 1)
+    for method in ("rdp", "pld"):
+        expected = _direct(dp_accounting.GaussianDpEvent(0.8), 1e-6, method)
+        assert epsilon(WINDOW.record_event(), 1e-6, method) == pytest.approx(expected, rel=1e-9)  # type: ignore[arg-type]
+
+
+def test_dp_sgd_is_k_times_steps_poisson_subsampled_gaussians() -> None:
+    step = dp_accounting.PoissonSampledDpEvent(0.25, dp_accounting.GaussianDpEvent(1.1))
+    assert DPSGD.release_event() == dp_accounting.SelfComposedDpEvent(step, 4)
+    event = dp_accounting.SelfComposedDpEvent(step, 12)
+    for method in ("rdp", "pld"):
+        assert epsilon(DPSGD.record_event(), 1e-6, method) == pytest.approx(  # type: ignore[arg-type]
+            _direct(event, 1e-6, method), rel=1e-6
+        )
+
+
+def test_pld_is_no_looser_than_rdp() -> None:
+    for mech in (WINDOW, DPSGD):
+        assert epsilon(mech.record_event(), 1e-6, "pld") <= epsilon(mech.record_event(), 1e-6, "rdp")
+
+
+def test_unknown_accounting_method_and_bad_mechanisms() -> None:
+    with pytest.raises(ValueError, match="valid: rdp, pld"):
+        epsilon(WINDOW.record_event(), 1e-6, "zcdp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="valid: window_sum, dp_sgd"):
+        Mechanism("window_delta", 1.0, 1.0)
+    with pytest.raises(ValueError, match="sampling rate"):
+        Mechanism("dp_sgd", 1.0, 1.0, sampling_rate=0.0)
+
+
+@pytest.mark.parametrize("mech", [WINDOW, DPSGD], ids=["window_sum", "dp_sgd"])
+@pytest.mark.parametrize("eps", [8.0, 1.0])
+def test_calibration_meets_the_target_by_the_tighter_accountant(mech: Mechanism, eps: float) -> None:
+    cal = calibrate(mech, eps, 1e-6)
+    event = mech.with_sigma(cal.sigma).record_event()
+    rdp_eps, pld_eps = _direct(event, 1e-6, "rdp"), _direct(event, 1e-6, "pld")
+    assert (cal.epsilon_rdp, cal.epsilon_pld) == (pytest.approx(rdp_eps), pytest.approx(pld_eps))
+    assert cal.epsilon == min(rdp_eps, pld_eps) <= eps * (1 + 1e-4)
+    assert cal.epsilon >= 0.99 * eps  # not more noise than needed
+    assert cal.method == "pld" and pld_eps < rdp_eps  # PLD is the tighter one here, so it sets sigma
 
 
 def test_smaller_epsilon_needs_more_noise() -> None:
-    sigmas = [calibrate_noise_multiplier(eps, 1e-6, 2) for eps in (8.0, 2.0, 0.5)]
+    sigmas = [calibrate(WINDOW, eps, 1e-6).sigma for eps in (8.0, 2.0, 0.5)]
     assert sigmas[0] < sigmas[1] < sigmas[2]
 
 
-@pytest.mark.parametrize(("sigma", "k"), [(1.95, 2), (9.0, 1), (7.35, 5)])
-def test_pld_is_no_looser_than_rdp(sigma: float, k: int) -> None:
-    assert epsilon_for(sigma, k, 1e-6, method="pld") <= epsilon_for(sigma, k, 1e-6, method="rdp")
-
-
-def test_unknown_accounting_method() -> None:
-    with pytest.raises(ValueError, match="valid: rdp, pld"):
-        epsilon_for(1.0, 1, 1e-6, method="zcdp")
-
-
-def test_resolve_noise_multiplier() -> None:
-    assert resolve_noise_multiplier(PrivacySpec(epsilon=1.0, noise_multiplier=3.0)) == 3.0
-    spec = PrivacySpec(epsilon=8.0, delta=1e-6, max_updates_per_record=2)
-    assert resolve_noise_multiplier(spec) == pytest.approx(calibrate_noise_multiplier(8.0, 1e-6, 2))
+def test_resolve_uses_the_given_noise_multiplier_or_calibrates() -> None:
+    mech, cal = resolve(PrivacySpec(epsilon=1.0, noise_multiplier=3.0))
+    assert mech.noise_multiplier == cal.sigma == 3.0 and cal.method == "given"
+    assert cal.epsilon_rdp == pytest.approx(_direct(dp_accounting.GaussianDpEvent(3.0), 1e-6, "rdp"))
+    spec = PrivacySpec(
+        epsilon=8.0, delta=1e-6, mechanism="dp_sgd", steps=4, sampling_rate=0.25, max_updates_per_record=3
+    )
+    mech, cal = resolve(spec)
+    assert (mech.kind, mech.steps, mech.sampling_rate, mech.releases_per_record) == ("dp_sgd", 4, 0.25, 3)
+    assert resolve_noise_multiplier(spec) == pytest.approx(calibrate(DPSGD, 8.0, 1e-6).sigma)
 
 
 # -- the ledger -----------------------------------------------------------------------------------
+
+
+def _rel(seq: int, sigma: float, n: int = 10, **kw: object) -> Release:
+    return Release(seq, 0, sigma, 1.0, n, **kw)  # type: ignore[arg-type]
 
 
 def test_ledger_persists_and_reloads(tmp_path: Path) -> None:
     path = tmp_path / "site" / "ledger.jsonl"
     ledger = PrivacyLedger(1e-6, path=path)
     assert ledger.spent == 0.0
-    s1 = ledger.record(1, 2.0, 1.0, 100)
-    s2 = ledger.record(2, 2.0, 1.0, 150)
-    s3 = ledger.record(3, 3.0, 1.0, 50)
+    s1 = ledger.record(_rel(1, 2.0, 100))
+    s2 = ledger.record(_rel(2, 2.0, 150))
+    s3 = ledger.record(_rel(3, 3.0, 50, mechanism="dp_sgd", steps=4, sampling_rate=0.5))
     assert 0 < s1 < s2 < s3 == ledger.spent
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(r["sequence"], r["sigma"], r["num_examples"]) for r in lines] == [
-        (1, 2.0, 100),
-        (2, 2.0, 150),
-        (3, 3.0, 50),
+    assert [(r["sequence"], r["sigma"], r["num_examples"], r["mechanism"], r["steps"]) for r in lines] == [
+        (1, 2.0, 100, "window_sum", 1),
+        (2, 2.0, 150, "window_sum", 1),
+        (3, 3.0, 50, "dp_sgd", 4),
     ]
-
     again = PrivacyLedger(1e-6, path=path)
     assert again.spent == pytest.approx(ledger.spent, rel=1e-12)
     assert again.releases == ledger.releases
 
 
-def test_ledger_spent_equals_composition_of_its_releases() -> None:
+def test_ledger_spent_equals_the_composition_of_its_releases() -> None:
     ledger = PrivacyLedger(1e-5)
     for seq in range(1, 4):
-        ledger.record(seq, 2.0, 1.0, 10)
-    assert ledger.spent == pytest.approx(epsilon_for(2.0, 3, 1e-5), rel=1e-12)
+        ledger.record(_rel(seq, 2.0))
+    ledger.record(_rel(4, 1.5, mechanism="dp_sgd", steps=3, sampling_rate=0.2))
+    gauss = dp_accounting.GaussianDpEvent(2.0)
+    sub = dp_accounting.PoissonSampledDpEvent(0.2, dp_accounting.GaussianDpEvent(1.5))
+    event = dp_accounting.ComposedDpEvent(
+        [dp_accounting.SelfComposedDpEvent(gauss, 3), dp_accounting.SelfComposedDpEvent(sub, 3)]
+    )
+    assert ledger.spent == pytest.approx(_direct(event, 1e-5, "rdp"), rel=1e-9)
+    assert releases_epsilon(ledger.releases, 1e-5, "pld") == pytest.approx(_direct(event, 1e-5, "pld"), rel=1e-6)
 
 
 def test_ledger_without_path_writes_nothing(tmp_path: Path) -> None:
     ledger = PrivacyLedger(1e-6)
-    ledger.record(1, 2.0, 1.0, 10)
+    ledger.record(_rel(1, 2.0))
     assert list(tmp_path.iterdir()) == []
     assert len(ledger.releases) == 1
 
 
 def test_budget_check_and_remaining() -> None:
-    sigma = 2.0
-    one = epsilon_for(sigma, 1, 1e-6)
-    two = epsilon_for(sigma, 2, 1e-6)
+    one = releases_epsilon([_rel(1, 2.0)], 1e-6)
+    two = releases_epsilon([_rel(1, 2.0), _rel(2, 2.0)], 1e-6)
     budget = (one + two) / 2  # room for one release, not for two
     ledger = PrivacyLedger(1e-6, budget_epsilon=budget)
     assert ledger.remaining() == budget
-    assert ledger.check(sigma) == pytest.approx(one)
-    ledger.record(1, sigma, 1.0, 10)
+    assert ledger.check(_rel(1, 2.0)) == pytest.approx(one)
+    ledger.record(_rel(1, 2.0))
     assert ledger.remaining() == pytest.approx(budget - one)
     with pytest.raises(PrivacyBudgetExceeded, match="budget"):
-        ledger.check(sigma)
+        ledger.check(_rel(2, 2.0))
     assert len(ledger.releases) == 1  # check records nothing
-    # more noise per release may still fit
-    assert ledger.check(50.0) <= budget
+    assert ledger.check(_rel(2, 50.0)) <= budget  # more noise per release may still fit
 
 
 def test_remaining_is_none_without_budget_and_never_negative() -> None:
     assert PrivacyLedger(1e-6).remaining() is None
     ledger = PrivacyLedger(1e-6, budget_epsilon=0.01)
-    ledger.record(1, 1.0, 1.0, 10)  # record does not enforce; check does
+    ledger.record(_rel(1, 1.0))  # record does not enforce; check does
     assert ledger.spent > 0.01
     assert ledger.remaining() == 0.0

@@ -1,5 +1,6 @@
-"""Secure aggregation wired end to end without Kafka: real learners mask signed updates, the
-aggregator verifies them, posts a recovery request, checks signed reveals and unmasks only the mean."""
+"""Secure aggregation wired end to end without Kafka: real learners mask signed updates (their
+noised sums), the aggregator verifies them, posts a recovery request, checks signed reveals and
+unmasks only the total, which it divides by the buffer's slots."""
 
 from __future__ import annotations
 
@@ -51,14 +52,14 @@ def topo(tmp_path: Path) -> Topology:
 
 
 class Site:
-    """A site's learner and secure client; keeps the noised delta it masked, to check the sum."""
+    """A site's learner and secure client; keeps the noised sum it masked, to check the total."""
 
     def __init__(self, topo: Topology, site_id: str, seed: int) -> None:
         self.learner: SiteLearner = build_learner(topo, site_id, np.random.default_rng(seed), persist=False)
         self.secure: SecureSite = build_secure_site(topo, self.learner)
         self.noised: np.ndarray | None = None
         sim = TransactionSimulator(site_id, topo.site(site_id).simulator)
-        X, y, _ = self.learner.model.featurizer.transform(sim.batch(600, t=0.0))
+        X, y, _ = self.learner.featurizer.transform(sim.batch(600, t=0.0))
         self.learner.learn(X, y)
 
     def update(self, sequence_after: dict[str, Any] | None = None) -> bytes:
@@ -112,11 +113,12 @@ def test_the_aggregator_unmasks_the_mean_of_all_sites(topo: Topology, sites: dic
     out = agg.secure.unmask()
     assert out is not None
     mean, used = out
-    expected = np.mean([s.noised for s in sites.values()], axis=0)
+    slots = sum(u.num_examples for u in used)
+    expected = np.sum([s.noised for s in sites.values()], axis=0)
     # Only quantisation separates the two: stochastic rounding is below one step per site.
-    assert np.max(np.abs(mean - expected)) <= 3 / agg.secure.params.scale
+    assert np.max(np.abs(mean * slots - expected)) <= 3 / agg.secure.params.scale
     assert sorted(u.site_id for u in used) == sorted(sites)
-    assert all(math.isclose(u.weight, 1 / 3) for u in used)
+    assert all(math.isclose(u.weight, u.num_examples / slots) for u in used)
 
 
 def test_a_dropped_site_does_not_block_the_buffer(topo: Topology, sites: dict[str, Site], agg) -> None:
@@ -131,8 +133,9 @@ def test_a_dropped_site_does_not_block_the_buffer(topo: Topology, sites: dict[st
     _reveal(agg, sites, ["bank-east", "bank-south"])
     mean, used = agg.secure.unmask()
     assert sorted(u.site_id for u in used) == ["bank-east", "bank-south"]
-    expected = (sites["bank-east"].noised + sites["bank-south"].noised) / 2
-    assert np.max(np.abs(mean - expected)) <= 3 / agg.secure.params.scale
+    expected = sites["bank-east"].noised + sites["bank-south"].noised
+    slots = sum(u.num_examples for u in used)
+    assert np.max(np.abs(mean * slots - expected)) <= 3 / agg.secure.params.scale
     # The dropped site's late update cannot join: the membership closed with the request.
     assert _reason(agg, sites["bank-north"].update()) == "stale"
 

@@ -41,6 +41,10 @@ def _update(site: str = "bank-a", seq: int = 1) -> dict[str, Any]:
         "cpu_seconds": 0.5,
         "gpu_seconds": 0.0,
         "gpu_energy_joules": None,
+        "mechanism": "window_sum",
+        "noise_multiplier": 1.0,
+        "steps": 1,
+        "sampling_rate": 1.0,
     }
 
 
@@ -179,7 +183,7 @@ def test_an_unknown_site_fails(tmp_path: Path, verifier: UpdateVerifier) -> None
 def test_canonical_message_covers_exactly_the_signed_fields_and_params() -> None:
     upd = {**_update(), "key_id": "k"}
     base = canonical_message(upd)
-    assert base.startswith(b"streamfed.update.v1\n")
+    assert base.startswith(b"streamfed.update.v2\n")
     # a field outside the signed header does not change the message
     assert canonical_message({**upd, "signature": b"zz", "extra": 1}) == base
     for field in HEADER_FIELDS:

@@ -40,7 +40,7 @@ def test_bad_records_are_rejected_with_reasons_and_the_rest_learned(tmp_path: Pa
     assert [(r.index, r.reason) for r in rejected] == [(3, "decode"), (20, "decode"), (10, "out_of_range")]
     assert all(isinstance(r, Rejection) and r.detail for r in rejected)
     assert "hour" in rejected[2].detail
-    assert learner.report.records == learner.window_examples == 47
+    assert learner.report.records == learner.contribution.pending_examples == 47
     assert learner.window_first_ms == 5
 
 
@@ -120,4 +120,4 @@ def test_the_site_processor_dead_letters_what_learn_batch_rejects(tmp_path: Path
     assert all(d["source_topic"] == "transactions" and d["partition"] == 1 for d in letters)
     assert processor.report.dead_letters == 2
     assert processor.report.dead_letter_reasons == {"decode": 1, "out_of_range": 1}
-    assert learner.report.records == learner.window_examples == 18 and learner.window_first_ms == 1000
+    assert learner.report.records == learner.contribution.pending_examples == 18 and learner.window_first_ms == 1000

@@ -110,7 +110,7 @@ def test_overrides_nested_two_levels_and_lists_replace() -> None:
     )
     assert topo.model.online.learning_rate == 0.5
     assert topo.model.online.learner == "logistic"
-    assert topo.model.blend == 0.9  # untouched sibling of 'online'
+    assert topo.model.deep.hidden == [8]  # untouched sibling of 'online'
     assert [s.id for s in topo.sites] == ["only"]  # a list is replaced, not merged
     assert topo.home == Path("/tmp/x/fraud")
 

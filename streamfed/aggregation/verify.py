@@ -1,0 +1,142 @@
+"""Verification of one update record, with no Kafka in it: accepted into the buffer, or rejected with a reason.
+
+Checks, in order: Avro decode, signature (site and key known), sequence strictly after the last
+seen (replay), model and topology, shape, and then either the secure-aggregation checks or finite
+values, the L2 norm bound, the base version (not ahead, not too stale) and the declared metadata
+(mechanism as the topology's, noise multiplier at least the calibrated one, a positive slot count).
+Every reason is one of :data:`streamfed.metrics.REJECT_REASONS`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from streamfed.aggregation.fedbuff import PendingUpdate
+from streamfed.aggregation.records import ModelInfo
+from streamfed.aggregation.secure import SecureBuffer
+from streamfed.errors import SerializationError, SignatureError
+from streamfed.privacy.mechanisms import l2_norm
+from streamfed.privacy.signing import UpdateVerifier
+from streamfed.serde.avro import AvroCodec
+from streamfed.serde.tensors import params_from_bytes
+from streamfed.topology.spec import AggregationSpec
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def pending_update(
+    upd: dict[str, Any], delta: np.ndarray, topic: str, partition: int, offset: int, **extra: Any
+) -> PendingUpdate:
+    """A verified update record as the buffer keeps it."""
+    return PendingUpdate(
+        site_id=upd["site_id"],
+        sequence=int(upd["sequence"]),
+        base_version=int(upd["base_version"]),
+        num_examples=int(upd["num_examples"]),
+        delta=delta,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        created_ms=int(upd["created_ms"]),
+        first_event_ms=int(upd["first_event_ms"]),
+        epsilon_spent=float(upd["epsilon_spent"]),
+        noise_std=float(upd["noise_std"]),
+        clip_norm=float(upd["clip_norm"]),
+        cpu_seconds=float(upd["cpu_seconds"]),
+        gpu_seconds=float(upd["gpu_seconds"]),
+        gpu_energy_joules=None if upd["gpu_energy_joules"] is None else float(upd["gpu_energy_joules"]),
+        **extra,
+    )
+
+
+class UpdateChecks:
+    """The aggregator's checks of an update; keeps the last sequence seen per site."""
+
+    def __init__(
+        self, model: ModelInfo, spec: AggregationSpec, keys: UpdateVerifier, secure: SecureBuffer | None = None
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.keys = keys
+        self.secure = secure
+        self.codec = AvroCodec("model_update")
+        self.last_seq: dict[str, int] = {}
+
+    def verify(
+        self, value: bytes | None, version: int, topic: str = "", partition: int = 0, offset: int = 0
+    ) -> PendingUpdate:
+        """Check one update against the current ``version``; raises :class:`Rejected` with a reason."""
+        try:
+            upd = self.codec.decode(value)
+        except SerializationError as exc:
+            raise Rejected("decode", str(exc)) from exc
+        try:
+            self.keys.verify(upd)
+        except SignatureError as exc:
+            text = str(exc)
+            reason = (
+                "unknown_site"
+                if text.startswith("unknown site")
+                else ("unknown_key" if "not registered" in text else "signature")
+            )
+            raise Rejected(reason, text) from exc
+        site, seq = upd["site_id"], int(upd["sequence"])
+        last = self.last_seq.get(site, 0)
+        if seq <= last:
+            raise Rejected("replay", f"{site}#{seq} is not after the last sequence seen, {last}")
+        self.last_seq[site] = seq
+        if upd["model"] != self.model.name or upd["topology"] != self.model.topology:
+            raise Rejected(
+                "wrong_model",
+                f"update for {upd['topology']}/{upd['model']}, "
+                f"this aggregator serves {self.model.topology}/{self.model.name}",
+            )
+        n = self.model.initial_params.size
+        try:
+            delta = params_from_bytes(upd["params"], n)
+        except SerializationError as exc:
+            raise Rejected("shape", str(exc)) from exc
+        if int(upd["num_params"]) != n:
+            raise Rejected("shape", f"num_params {upd['num_params']} != {n}")
+        self._check_metadata(upd)
+        if self.secure is not None:
+            problem = self.secure.check(upd, version)
+            if problem is not None:
+                raise Rejected(*problem)
+            return pending_update(
+                upd, delta.view(np.uint32), topic, partition, offset, shares=dict(upd["self_mask_shares"])
+            )
+        if upd.get("secure_buffer") is not None:
+            raise Rejected("secure", "a masked update: this topology does not aggregate securely")
+        if not np.isfinite(delta).all():
+            raise Rejected("not_finite", f"{int((~np.isfinite(delta)).sum())} non-finite parameters")
+        norm = l2_norm(delta)
+        if norm > self.model.max_update_norm:
+            raise Rejected("norm", f"L2 norm {norm:.4g} > {self.model.max_update_norm:.4g}")
+        base = int(upd["base_version"])
+        if base > version:
+            raise Rejected("future_base", f"base version {base} is ahead of the current {version}")
+        staleness = version - base
+        if staleness > self.spec.max_staleness:
+            raise Rejected("stale", f"staleness {staleness} > max_staleness {self.spec.max_staleness}")
+        return pending_update(upd, delta, topic, partition, offset, staleness=staleness)
+
+    def _check_metadata(self, upd: dict[str, Any]) -> None:
+        if int(upd["num_examples"]) < 1 or not math.isfinite(float(upd["noise_std"])):
+            raise Rejected("metadata", "example count below 1 or a non-finite noise std")
+        if upd["mechanism"] != self.model.mechanism:
+            raise Rejected("metadata", f"mechanism {upd['mechanism']!r}, the topology's is {self.model.mechanism!r}")
+        declared = float(upd["noise_multiplier"])
+        if not declared >= self.model.noise_multiplier * (1 - 1e-9):
+            raise Rejected(
+                "metadata",
+                f"noise multiplier {declared:.4g} below the topology's calibrated {self.model.noise_multiplier:.4g}",
+            )
