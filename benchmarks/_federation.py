@@ -447,7 +447,7 @@ def run_secure(
         _learn(lr, data[s], a, b, scores, s)
         if not lr.due() or not secure[s].can_publish(lr.base_version):
             continue
-        record = lr.make_update(encode=_keeping(server.noised, s, secure[s]))
+        record = lr.make_update(encode=_keeping(server.noised, s, secure[s]), merge=True)
         bases = {o: other.base_version for o, other in learners.items()}
         if record is not None and server.submit(record, secure, bases):
             sha = server.sha()

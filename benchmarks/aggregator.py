@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
 
 from _common import header, median, ratio, table
-from streamfed.learners.model import SiteModel
 
 from streamfed.aggregation.build import build_aggregator
 from streamfed.aggregation.rules import RULES
+from streamfed.learners.federated import build_federated_model
 from streamfed.privacy.accountant import resolve_noise_multiplier
 from streamfed.privacy.mechanisms import l2_norm
 from streamfed.privacy.signing import canonical_message, write_keypair
@@ -46,11 +46,11 @@ from streamfed.site.build import build_learner
 from streamfed.topology import Topology, load_topology
 
 SITES = [f"site-{i}" for i in range(6)]
-N_FEATURES = 14  # the fraud topology's feature count (online: 14 weights + intercept)
+N_FEATURES = 14  # the fraud topology's feature count (linear part: 14 weights + intercept)
 
 
 def hidden_for(target: int) -> list[int]:
-    """[h, h] such that the fraud model (online + MLP d-h-h-1) has about ``target`` parameters."""
+    """[h, h] such that the fraud model (linear + MLP d-h-h-1) has about ``target`` parameters."""
     online = N_FEATURES + 1
     if target < 5000:  # one hidden layer: 15 + (d + 2) h + 1
         return [max(1, round((target - online - 1) / (N_FEATURES + 2)))]
@@ -86,7 +86,7 @@ def make_updates(topo: Topology, count: int, seed: int) -> tuple[list[bytes], li
         build_learner(topo, s.id, rng=np.random.default_rng(root.integers(1 << 62)), persist=False, device="cpu")
         for s in topo.sites
     ]
-    x = root.normal(size=(64, learners[0].model.featurizer.dim)).astype(np.float32)
+    x = root.normal(size=(64, learners[0].featurizer.dim)).astype(np.float32)
     y = (root.random(64) < 0.3).astype(np.float32)
     codec = AvroCodec("model_update")
     blobs, records = [], []
@@ -125,7 +125,7 @@ def run_config(topo: Topology, blobs: list[bytes]) -> tuple[float, float, int]:
         t1 = time.perf_counter()
         t_verify += t1 - t0
         if agg.fedbuff.add(pending):
-            params, _used = agg.fedbuff.aggregate(agg.state.params, agg.state.version)
+            params, _used, agg.state.opt = agg.fedbuff.aggregate(agg.state.params, agg.state.version, agg.state.opt)
             sha256_hex(params_to_bytes(params))  # every version record carries its parameters' hash
             agg.state.params = params
             agg.state.version += 1
@@ -155,7 +155,7 @@ def main() -> None:
         for target in sizes:
             hidden = hidden_for(target)
             base = topology(Path(tmp) / f"n{target}", hidden)
-            n_params = SiteModel(base.model, device="cpu").num_params
+            n_params = build_federated_model(base.model, device="cpu").num_params
             lcm = math.lcm(*buffers)
             wanted = 120 if target < 5e4 else (60 if target < 5e5 else 30)
             count = lcm * max(1, round(wanted / lcm)) if not args.quick else lcm * 2

@@ -55,6 +55,20 @@ SERVED_GAP = {8.0: 0.02, 1.0: 0.04}
 GLOBAL_GAP = {8.0: 0.03}
 SITE_MARGIN = 0.005
 QUICK_ROWS = {"heart": None, "bank": 1500, "beijing": 600}
+# Other mechanisms and server optimizers, measured against the topology's own at the same epsilon
+# (``--variants``): each is a topology override.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "dp_sgd 4x q=0.25 k=4": {
+        "privacy": {"mechanism": "dp_sgd", "steps": 4, "sampling_rate": 0.25, "max_updates_per_record": 4}
+    },
+    "dp_sgd 2x q=0.5 k=2": {
+        "privacy": {"mechanism": "dp_sgd", "steps": 2, "sampling_rate": 0.5, "max_updates_per_record": 2}
+    },
+    "server momentum 0.9 lr 0.1": {"aggregation": {"server_optimizer": "momentum", "server_learning_rate": 0.1}},
+    "server adam lr 0.01": {"aggregation": {"server_optimizer": "adam", "server_learning_rate": 0.01}},
+    "window x2": {"update": {"every_records": "x2"}},
+    "window /2": {"update": {"every_records": "/2"}},
+}
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -88,8 +102,22 @@ def _arm_rows(name: str, results: list[F.ArmResult], data: dict[str, F.SiteData]
     }
 
 
+def _variant(topo_window: int, over: dict[str, Any]) -> dict[str, Any]:
+    """Resolve the relative window sizes of a variant (``x2``, ``/2``) against the topology's."""
+    out = json.loads(json.dumps(over))
+    w = out.get("update", {}).get("every_records")
+    if isinstance(w, str):
+        out["update"]["every_records"] = topo_window * 2 if w == "x2" else max(1, topo_window // 2)
+    return out
+
+
 def run_dataset(
-    name: str, epsilons: list[float], max_rows: int | None, seeds: list[int], secure: bool = True
+    name: str,
+    epsilons: list[float],
+    max_rows: int | None,
+    seeds: list[int],
+    secure: bool = True,
+    variants: list[str] | None = None,
 ) -> dict[str, Any]:
     topo = F.load(name)
     t0 = time.perf_counter()
@@ -110,6 +138,14 @@ def run_dataset(
     for eps in epsilons:
         topo_e = F.load(name, {"privacy": {"epsilon": eps}})
         arm(f"streamfed eps={eps:g}", lambda seed, t=topo_e: F.run_federated(t, data, plan, seed=seed), eps)
+    for vname in variants or []:
+        for eps in epsilons:
+            over = _variant(topo.update.every_records, VARIANTS[vname])
+            over = {**over, "privacy": {**over.get("privacy", {}), "epsilon": eps}}
+            topo_v = F.load(name, over)
+            label = f"{vname} eps={eps:g}"
+            arm(label, lambda seed, t=topo_v: F.run_federated(t, data, plan, seed=seed), eps)
+            arms[-1]["variant"] = vname
     if secure:
         for eps in epsilons:
             topo_s = F.secure_topology(name, eps)
@@ -198,7 +234,7 @@ def report(result: dict[str, Any]) -> list[str]:
         )
     ratio(f"{name} local_only/centralised site_auc", local["site_auc"]["local"]["mean"] / c_auc)
     missed: list[str] = []
-    for a in (x for x in arms if x["epsilon_target"] is not None and not x["secure"]):
+    for a in (x for x in arms if x["epsilon_target"] is not None and not x["secure"] and not x.get("variant")):
         eps = a["epsilon_target"]
         served, glob = a["site_auc"]["served"]["mean"], a["site_auc"]["global"]["mean"]
         label = f"{name} {a['arm']}"
@@ -241,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-rows", type=int, default=None, help="first rows of each site (default: all)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick: 0)")
     ap.add_argument("--no-secure", action="store_true", help="leave out the secure-aggregation arms")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated extra arms (other mechanisms, server optimizers, windows): " + "; ".join(VARIANTS),
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     try:
@@ -252,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     epsilons = [float(e) for e in (args.epsilons or ("1,8" if args.quick else "1,4,8")).split(",")]
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     names = [n for n in args.datasets.split(",") if n]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = sorted(set(variants) - set(VARIANTS))
+    if bad:
+        ap.error(f"unknown variant {', '.join(bad)}; valid: {'; '.join(VARIANTS)}")
     unknown = sorted(set(names) - set(DATASETS))
     if unknown:
         ap.error(f"unknown data set {', '.join(unknown)}; valid: {', '.join(DATASETS)}")
@@ -259,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     results, missed = [], []
     for name in names:
         rows = args.max_rows if args.max_rows is not None else (QUICK_ROWS[name] if args.quick else None)
-        res = run_dataset(name, epsilons, rows, seeds, not args.no_secure)
+        res = run_dataset(name, epsilons, rows, seeds, not args.no_secure, variants)
         missed += report(res)
         results.append(res)
     print(f"targets missed: {len(missed)}" + (f" ({'; '.join(missed)})" if missed else ""))

@@ -17,17 +17,18 @@ from streamfed.serde.avro import default_registry
 from streamfed.topology.spec import Topology
 
 
-def max_update_norm(mech: Mechanism, learning_rate: float, min_records: int, dim: int) -> float:
-    """The largest L2 norm an honest update can have, but for a probability below exp(-18).
+def max_update_norm(mech: Mechanism, learning_rate: float, examples: int, dim: int) -> float:
+    """The largest L2 norm an honest update of ``examples`` slots can have, but for a probability below
+    exp(-18).
 
     Each noised sum is at most ``n C`` (n clipped gradients) plus Gaussian noise whose norm exceeds
     ``sigma C (sqrt(d) + 6)`` with probability below ``exp(-18)``; a step divides it by the expected
-    count (at least ``q min_records``) and multiplies by the learning rate; ``dp_sgd`` takes
-    ``steps`` of them, a Poisson sample holding at most every pooled record (``n <= |pool|``).
+    count (at least ``q examples``) and multiplies by the learning rate; ``dp_sgd`` takes ``steps``
+    of them, a Poisson sample holding at most every pooled record (``n <= |pool|``).
     """
     noise = mech.noise_multiplier * mech.clip_norm * (math.sqrt(dim) + 6.0)
     q = mech.sampling_rate
-    per_step = learning_rate * (mech.clip_norm / q + noise / (q * min_records))
+    per_step = learning_rate * (mech.clip_norm / q + noise / (q * max(1, examples)))
     return per_step * mech.steps
 
 
@@ -35,9 +36,11 @@ def build_aggregator(topo: Topology) -> Aggregator:
     federated = build_federated_model(topo.model, device="cpu")
     params = federated.initial_params()
     mech, _ = resolve(topo.privacy)
-    limit = topo.aggregation.max_update_norm or max_update_norm(
-        mech, topo.update.learning_rate, topo.update.min_records, params.size
-    )
+    fixed = topo.aggregation.max_update_norm
+
+    def limit(examples: int) -> float:
+        return fixed or max_update_norm(mech, topo.update.learning_rate, examples, params.size)
+
     info = ModelInfo(
         topology=topo.name,
         name=topo.model.name,
@@ -46,7 +49,8 @@ def build_aggregator(topo: Topology) -> Aggregator:
         schema_fingerprint=default_registry().fingerprint(topo.model.record_schema),
         initial_params=params,
         delta=topo.privacy.delta,
-        max_update_norm=limit,
+        max_update_norm=limit(topo.update.min_records),
+        norm_limit=limit,
         energy=topo.energy,
         mechanism=mech.kind,
         noise_multiplier=mech.noise_multiplier,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,14 @@ class ModelInfo:
     schema_fingerprint: str
     initial_params: np.ndarray
     delta: float
-    max_update_norm: float
+    max_update_norm: float  # for an update of update.min_records slots (norm_limit gives any count)
     energy: EnergySpec = field(default_factory=EnergySpec)
     mechanism: str = "window_sum"
     noise_multiplier: float = 0.0  # updates declaring less are rejected (reason metadata)
+    norm_limit: Callable[[int], float] | None = None  # largest honest L2 norm for a slot count
+
+    def norm_bound(self, examples: int) -> float:
+        return self.norm_limit(examples) if self.norm_limit is not None else self.max_update_norm
 
 
 @dataclass(frozen=True)

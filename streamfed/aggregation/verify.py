@@ -119,8 +119,9 @@ class UpdateChecks:
         if not np.isfinite(delta).all():
             raise Rejected("not_finite", f"{int((~np.isfinite(delta)).sum())} non-finite parameters")
         norm = l2_norm(delta)
-        if norm > self.model.max_update_norm:
-            raise Rejected("norm", f"L2 norm {norm:.4g} > {self.model.max_update_norm:.4g}")
+        limit = self.model.norm_bound(int(upd["num_examples"]))
+        if norm > limit:
+            raise Rejected("norm", f"L2 norm {norm:.4g} > {limit:.4g} (for {upd['num_examples']} examples)")
         base = int(upd["base_version"])
         if base > version:
             raise Rejected("future_base", f"base version {base} is ahead of the current {version}")

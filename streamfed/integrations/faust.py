@@ -221,7 +221,8 @@ class SiteAgent:
                 # release below includes this batch.
                 for event in events:
                     await stream.ack(event)
-                await self._maybe_publish()
+                while await self._maybe_publish():
+                    pass
 
     def _learn(self, messages: Sequence[Message]) -> list[Rejection]:
         values = [m.value for m in messages]
@@ -241,7 +242,8 @@ class SiteAgent:
     async def _tick(self) -> None:
         async with self._lock:
             await asyncio.to_thread(self.learner.maybe_step)
-            await self._maybe_publish()
+            while await self._maybe_publish():
+                pass
 
     async def _maybe_publish(self) -> bool:
         """Release the window's update when it is due: ledger and sequence first, then offsets, then produce.

@@ -12,7 +12,7 @@ from streamfed.serde.tensors import params_from_bytes
 
 
 def export_npz(version: dict[str, Any], path: Path) -> None:
-    """One array per layout segment (``online.weights``, ``deep.0.weight``, ...) and ``__meta__`` JSON."""
+    """One array per layout segment (``linear.weights``, ``deep.0.weight``, ...) and ``__meta__`` JSON."""
     flat = params_from_bytes(version["params"])
     arrays: dict[str, np.ndarray] = {}
     pos = 0
@@ -29,6 +29,9 @@ def export_npz(version: dict[str, Any], path: Path) -> None:
 
 
 def load_exported(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """(flat float32 parameters, metadata) from an exported file; ``SiteModel.set_params`` takes the former."""
+    """(flat float32 parameters, metadata) from an exported file.
+
+    The federated model's ``logits(params, X)`` takes the parameters.
+    """
     with np.load(path) as z:
         return z["__params__"].astype(np.float32), json.loads(str(z["__meta__"]))

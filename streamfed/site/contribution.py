@@ -119,17 +119,21 @@ class FederatedContribution:
         win.clipped += int((norms > self.mechanism.clip_norm).sum())
 
     # -- releasing ------------------------------------------------------------------------------
-    def release(self, close_current: bool = False) -> Contribution | None:
-        """The next release: every full window (``window_sum`` merges them into one sum; ``dp_sgd``
-        releases the oldest), or the current partial one when ``close_current``. None if empty."""
+    def release(self, close_current: bool = False, merge: bool = False) -> Contribution | None:
+        """The next release: the oldest full window, or the current partial one when ``close_current``
+        and none is full; None if there is nothing. ``merge`` (``window_sum`` only: secure aggregation,
+        where a site sends one update per version) releases every full window as one sum."""
         if not self.full and close_current and self.current.n:
             self.full.append(self.current)
             self.current = _Window()
         if not self.full:
             return None
         if self.mechanism.kind == "window_sum":
-            wins = list(self.full)
-            self.full.clear()
+            if merge:
+                wins = list(self.full)
+                self.full.clear()
+            else:
+                wins = [self.full.popleft()]
             return self._window_sum(wins)
         return self._dp_sgd(self.full.popleft())
 

@@ -279,6 +279,7 @@ class SiteLearner:
         self,
         tamper: Callable[[np.ndarray], np.ndarray] | None = None,
         encode: Callable[[np.ndarray, dict[str, Any]], None] | None = None,
+        merge: bool = False,
     ) -> dict[str, Any] | None:
         """The signed update record of the next window, or None when the budget forbids one.
 
@@ -286,7 +287,8 @@ class SiteLearner:
         commits its consumed offsets and only then produces the record. ``tamper`` (tests of the
         aggregator's defences only) rewrites the noised delta as a malicious site would.
         ``encode`` replaces the record's parameters before signing: secure aggregation masks the
-        noised *sum* (``delta * num_examples``), which the aggregator divides by the buffer's slots.
+        noised *sum* (``delta * num_examples``), which the aggregator divides by the buffer's slots;
+        it sends one update per version, so ``merge`` releases every full window in one sum.
         """
         m = self.mechanism
         probe = Release(0, 0, m.noise_multiplier, m.clip_norm, 0, m.kind, m.steps, m.sampling_rate)
@@ -298,10 +300,11 @@ class SiteLearner:
             self.report.budget_exhausted = True
             self.report.updates_withheld += 1
             M.SITE_BUDGET_EXHAUSTED.labels(**self.labels).set(1)
-            self.contribution.release(close_current=True)  # dropped: these windows never leave
+            while self.contribution.release(close_current=True, merge=True) is not None:
+                pass  # dropped: these windows never leave
             self._reset_window()
             return None
-        c = self.contribution.release(close_current=not self.contribution.has_full_window)
+        c = self.contribution.release(close_current=not self.contribution.has_full_window, merge=merge)
         if c is None:
             return None
         M.SITE_UPDATE_NORM.labels(**self.labels).observe(c.grad_norm)

@@ -214,7 +214,10 @@ class SiteProcessor:
         assert self._updates is not None and self._consumer is not None
         if self.secure is not None and not self.secure.can_publish(self.learner.base_version):
             return False  # this buffer has our update; keep learning until the next version
-        record = self.learner.make_update(self.tamper, self.secure.encode if self.secure is not None else None)
+        secure = self.secure
+        record = self.learner.make_update(
+            self.tamper, secure.encode if secure is not None else None, merge=secure is not None
+        )
         if record is None:
             return False
         try:

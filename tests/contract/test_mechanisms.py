@@ -84,9 +84,9 @@ def test_window_sum_records_are_in_exactly_one_release_and_windows_are_exact() -
     contrib.add(X[:7], y[:7])
     contrib.add(X[7:], y[7:])  # windows are cut by position, whatever the batches
     assert contrib.has_full_window and contrib.pending_examples == 25
-    first = contrib.release()  # both full windows, merged into one sum of 20 records
-    assert first is not None and first.num_examples == 20
-    assert contrib.release() is None  # the 5 left wait for their window
+    first = contrib.release()  # the oldest full window
+    assert first is not None and first.num_examples == 10 and contrib.pending_examples == 15
+    assert contrib.release() is not None and contrib.release() is None  # the 5 left wait for their window
     rest = contrib.release(close_current=True)
     assert rest is not None and rest.num_examples == 5 and contrib.pending_examples == 0
 

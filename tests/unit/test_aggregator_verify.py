@@ -171,7 +171,7 @@ def test_num_params_field_disagreeing_with_the_blob(agg: Aggregator, make: Make)
 
 def test_a_norm_above_the_limit(agg: Aggregator, make: Make) -> None:
     n = agg.model.initial_params.size
-    limit = agg.model.max_update_norm
+    limit = agg.model.norm_bound(2000)  # the slot count the test updates declare
     just_below = np.full(n, 0.999 * limit / np.sqrt(n), dtype=np.float32)
     assert agg.verify(make(delta=just_below, sequence=1)).site_id == SITE
     above = np.full(n, 1.01 * limit / np.sqrt(n), dtype=np.float32)

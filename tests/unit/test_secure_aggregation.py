@@ -67,7 +67,7 @@ class Site:
             self.noised = noised.astype(np.float64)
             self.secure.encode(noised, record)
 
-        record = self.learner.make_update(encode=encode)
+        record = self.learner.make_update(encode=encode, merge=True)
         assert record is not None
         record.update(sequence_after or {})
         return UPDATES.encode(record)

@@ -5,7 +5,6 @@ its own base rate), both carry independent information, or the better one change
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

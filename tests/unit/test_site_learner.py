@@ -53,12 +53,15 @@ def test_windows_are_exact_and_an_update_says_its_mechanism(learner: SiteLearner
     assert learner.due()
     rec = learner.make_update()
     assert rec is not None
-    assert rec["num_examples"] == 3000  # window_sum merges every full window into one sum
+    assert rec["num_examples"] == learner.update.every_records  # one window per release
     assert rec["mechanism"] == "window_sum" and rec["steps"] == 1 and rec["sampling_rate"] == 1.0
     assert rec["noise_multiplier"] == learner.mechanism.noise_multiplier > 0
     assert rec["noise_std"] == pytest.approx(learner.mechanism.noise_std)
     assert rec["num_params"] == learner.num_params == learner.federated.num_params
-    assert len(learner.ledger.releases) == 1 and learner.ledger.releases[0].num_examples == 3000
+    assert len(learner.ledger.releases) == 1 and learner.ledger.releases[0].num_examples == rec["num_examples"]
+    assert learner.due() and c.pending_examples == 3000 - rec["num_examples"]
+    merged = learner.make_update(merge=True)  # secure aggregation: every full window in one sum
+    assert merged is not None and merged["num_examples"] == 3000 - rec["num_examples"]
     assert not learner.due() and c.pending_examples == 0
 
 
