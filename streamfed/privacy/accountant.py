@@ -250,6 +250,7 @@ class PrivacyLedger:
                     self.releases.append(Release(**json.loads(line)))
             log.info("privacy ledger %s: %d earlier releases", path, len(self.releases))
         self._spent = releases_epsilon(self.releases, delta)
+        self._checked: tuple[tuple[int, tuple[float, float, int]], float] | None = None
 
     @property
     def spent(self) -> float:
@@ -261,7 +262,7 @@ class PrivacyLedger:
 
     def check(self, release: Release) -> float:
         """Epsilon after ``release``; raises :class:`PrivacyBudgetExceeded` past the budget."""
-        after = releases_epsilon([*self.releases, release], self.delta)
+        after = self._after(release)
         if self.budget_epsilon is not None and after > self.budget_epsilon:
             raise PrivacyBudgetExceeded(
                 f"release would spend epsilon {after:.3f} > budget {self.budget_epsilon:.3f} (delta {self.delta:g})"
@@ -276,9 +277,21 @@ class PrivacyLedger:
                 fh.write(json.dumps(asdict(release)) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+        after = self._after(release)
         self.releases.append(release)
-        self._spent = releases_epsilon(self.releases, self.delta)
+        self._spent = after
+        self._checked = None
         return self._spent
+
+    def _after(self, release: Release) -> float:
+        """Lifetime epsilon with ``release`` added; the last answer is kept for the record that follows
+        its check (an RDP evaluation costs milliseconds)."""
+        key = (len(self.releases), _key(release))
+        if self._checked is not None and self._checked[0] == key:
+            return self._checked[1]
+        after = releases_epsilon([*self.releases, release], self.delta)
+        self._checked = (key, after)
+        return after
 
 
 def now_ms() -> int:

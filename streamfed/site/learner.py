@@ -179,6 +179,8 @@ class SiteLearner:
         M.start_site(topology, site_id)
         self.window_first_ms: int | None = None
         self._last_publish = clock()
+        self._exported_at = clock()
+        self._labelled_since_export = 0
         self.cpu = CpuClock()
         self.gpu_energy = GpuEnergyMeter() if self.federated.device == "cuda" else None
         self._gpu_seconds = 0.0
@@ -227,7 +229,12 @@ class SiteLearner:
                 self.window_first_ms = (
                     first_event_ms if self.window_first_ms is None else min(first_event_ms, self.window_first_ms)
                 )
-        self._export_quality()
+        self._labelled_since_export += nl
+        if (
+            self._labelled_since_export >= max(20, self.spec.auc_window // 10)
+            or self.clock() - self._exported_at >= 1.0
+        ):
+            self.export_quality()
         return Scores(
             p_served.astype(np.float32), sigmoid(z_personal).astype(np.float32), sigmoid(z_global).astype(np.float32)
         )
@@ -240,7 +247,11 @@ class SiteLearner:
                 M.SITE_DRIFT.labels(**self.labels).inc()
                 log.info("site=%s drift detected by ADWIN on the served error stream", self.site_id)
 
-    def _export_quality(self) -> None:
+    def export_quality(self) -> None:
+        """Rolling AUCs and log losses into the metrics and the report (every auc_window / 10 labelled
+        records or second during learning, and on demand: the processor calls it before it reports)."""
+        self._labelled_since_export = 0
+        self._exported_at = self.clock()
         windows = (("local", self.local_metrics), ("global", self.global_metrics), ("served", self.served_metrics))
         for name, win in windows:
             auc, ll = win.get_auc(), win.get_logloss()

@@ -86,6 +86,7 @@ class SiteProcessor:
 
     @property
     def report(self) -> SiteReport:
+        self.learner.export_quality()
         return self.learner.report
 
     # -- Kafka plumbing -------------------------------------------------------------------------
