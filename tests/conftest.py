@@ -1,4 +1,11 @@
-"""Fixtures: a real Kafka-protocol broker and uniquely named topologies whose topics are deleted after."""
+"""Fixtures: a real Kafka-protocol broker and uniquely named topologies whose topics are deleted after.
+
+The broker: ``STREAMFED_BOOTSTRAP`` if set (any Kafka); else ``STREAMFED_BROKER``: ``tansu`` (the
+default: the embedded broker, no JVM) or ``kafka`` (Apache Kafka 4.x in KRaft mode, from the jars
+``deploy/kafka/fetch`` resolves, started once for the session). Tests marked ``real_kafka`` need Apache
+Kafka's semantics (aborted transactions hidden from read_committed readers, persistence, compaction,
+replication) and are skipped on tansu.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +22,45 @@ import yaml
 from streamfed.topology import Topology, load_topology
 from streamfed.topology.loader import _merge, resolve_topology_path
 
+BROKERS = ("tansu", "kafka")
+
+
+def broker_kind() -> str:
+    """``external`` (STREAMFED_BOOTSTRAP), ``kafka`` or ``tansu`` (STREAMFED_BROKER, default tansu)."""
+    if os.environ.get("STREAMFED_BOOTSTRAP"):
+        return "external"
+    kind = os.environ.get("STREAMFED_BROKER", "tansu")
+    if kind not in BROKERS:
+        raise pytest.UsageError(f'STREAMFED_BROKER="{kind}"; valid: {", ".join(BROKERS)}')
+    return kind
+
+
+def is_real_kafka() -> bool:
+    """Apache Kafka semantics: the session's Apache Kafka, or any Kafka STREAMFED_BOOTSTRAP names."""
+    return broker_kind() in ("kafka", "external")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if is_real_kafka():
+        return
+    skip = pytest.mark.skip(reason="needs Apache Kafka semantics: run with STREAMFED_BROKER=kafka")
+    for item in items:
+        if item.get_closest_marker("real_kafka") is not None:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def bootstrap() -> Iterator[str]:
-    """``STREAMFED_BOOTSTRAP`` if set, else an embedded tansu broker for the whole session."""
-    env = os.environ.get("STREAMFED_BOOTSTRAP")
-    if env:
-        yield env
+    """The session's broker address (see the module docstring)."""
+    kind = broker_kind()
+    if kind == "external":
+        yield os.environ["STREAMFED_BOOTSTRAP"]
+        return
+    if kind == "kafka":
+        from streamfed.broker.kafka import KafkaCluster
+
+        with KafkaCluster(brokers=1) as kafka:
+            yield kafka.bootstrap
         return
     from streamfed.broker import EmbeddedBroker
 
@@ -31,7 +70,7 @@ def bootstrap() -> Iterator[str]:
 
 @pytest.fixture
 def real_kafka() -> bool:
-    return bool(os.environ.get("STREAMFED_BOOTSTRAP"))
+    return is_real_kafka()
 
 
 TopologyFactory = Callable[..., tuple[Path, Topology]]

@@ -238,6 +238,11 @@ class KafkaCluster:
             time.sleep(0.25)
         raise BrokerError(f"Apache Kafka did not become ready in {timeout_s:.0f} s ({last})")
 
+    @property
+    def running(self) -> bool:
+        """Every node's process is alive."""
+        return all(self._alive(n) for n in self.nodes)
+
     @staticmethod
     def _alive(node: KafkaNode) -> bool:
         return node.proc is not None and node.proc.poll() is None

@@ -31,10 +31,18 @@ log = logging.getLogger("streamfed.cli")
 
 
 def broker(
-    port: Annotated[int | None, typer.Option(help="port to listen on (default: a free one)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: a free one; tansu only)")] = None,
     provision: Annotated[str | None, typer.Option(help="also create this topology's topics")] = None,
+    kafka: Annotated[
+        bool, typer.Option("--kafka", help="Apache Kafka (KRaft, Java 17) instead of the embedded tansu")
+    ] = False,
+    brokers: Annotated[int, typer.Option(help="--kafka: brokers in the cluster (3: replicated)", min=1)] = 1,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="--kafka: keep the brokers' data here (default: a temporary folder)")
+    ] = None,
 ) -> None:
-    """Start the embedded Kafka-protocol broker (tansu, in memory) and print its bootstrap address."""
+    """Start a broker and print its bootstrap address: the embedded tansu (in memory, the default), or
+    Apache Kafka 4.x in KRaft mode from the jars deploy/kafka/fetch resolves from Maven Central."""
     from streamfed.broker import EmbeddedBroker
     from streamfed.kafka import provision_topology
 
@@ -42,11 +50,19 @@ def broker(
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        with EmbeddedBroker(port) as b:
+        if kafka:
+            from streamfed.broker.kafka import KafkaCluster
+
+            b: EmbeddedBroker | KafkaCluster = KafkaCluster(brokers, data_dir)
+            what = f"Apache Kafka, {brokers} broker(s), data in {b.folder}"
+        else:
+            b = EmbeddedBroker(port)
+            what = "embedded broker (memory only)"
+        with b:
             if provision:
                 provision_topology(load(provision, b.bootstrap))
             print(b.bootstrap, flush=True)
-            console.print(f"embedded broker on [bold]{b.bootstrap}[/bold] (memory only); Ctrl-C stops it")
+            console.print(f"{what} on [bold]{b.bootstrap}[/bold]; Ctrl-C stops it")
             while not stop.wait(0.5):
                 if not b.running:
                     raise typer.Exit(1)

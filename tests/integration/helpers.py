@@ -36,14 +36,24 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
 
 
 def wait_for(check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.5) -> T:
-    """Poll ``check`` until it returns something truthy, or fail naming ``what``."""
+    """Poll ``check`` until it returns something truthy, or fail naming ``what``.
+
+    A :class:`BrokerError` from ``check`` (a topic the processes under test have not created yet:
+    Apache Kafka propagates new topics asynchronously) counts as not yet.
+    """
+    from streamfed.errors import BrokerError
+
     deadline = time.monotonic() + timeout_s
+    last = ""
     while time.monotonic() < deadline:
-        got = check()
+        try:
+            got = check()
+        except BrokerError as exc:
+            last, got = f" (last: {exc})", None
         if got:
             return got
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{last}")
 
 
 def read_json(path: Path) -> dict[str, Any]:
