@@ -27,6 +27,7 @@ from typing import Literal
 
 import dp_accounting
 from dp_accounting import pld, rdp
+from dp_accounting.rdp import rdp_privacy_accountant
 
 from streamfed.errors import PrivacyBudgetExceeded
 from streamfed.topology.spec import PrivacySpec
@@ -222,11 +223,27 @@ def _key(r: Release) -> tuple[float, float, int]:
     return (r.sigma, r.sampling_rate, r.steps)
 
 
+@functools.lru_cache(maxsize=64)
+def _rdp_curve(sigma: float, q: float, steps: int) -> tuple[float, ...] | None:
+    """The RDP of one release at each of ``RDP_ORDERS`` (additive under composition), or None when
+    this dp-accounting keeps it elsewhere."""
+    acc = rdp.RdpAccountant(orders=RDP_ORDERS, neighboring_relation=RELATION)
+    acc.compose(_release_event(sigma, q, steps))
+    curve = getattr(acc, "_rdp", None)
+    return None if curve is None else tuple(float(v) for v in curve)
+
+
 def releases_epsilon(releases: list[Release], delta: float, method: Method = "rdp") -> float:
     """Epsilon of the composition of ``releases`` (a record that reached every one of them)."""
     if not releases:
         return 0.0
     groups = Counter(_key(r) for r in releases)
+    if method == "rdp":
+        curves = {k: _rdp_curve(*k) for k in groups}
+        if all(c is not None for c in curves.values()):
+            # RDP composes by addition: n copies of a release cost n times its curve
+            total = [sum(n * curves[k][i] for k, n in groups.items()) for i in range(len(RDP_ORDERS))]  # type: ignore[index]
+            return float(rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, total, delta)[0])
     events = [dp_accounting.SelfComposedDpEvent(_release_event(s, q, t), n) for (s, q, t), n in sorted(groups.items())]
     return epsilon(dp_accounting.ComposedDpEvent(events), delta, method)
 
