@@ -122,4 +122,30 @@ class AvroCodec:
             raise SerializationError(f"{len(data) - buf.tell()} trailing bytes after a {self.name} record")
         if not isinstance(record, dict):
             raise SerializationError(f"decoded a {type(record).__name__}, not a {self.name} record")
+        if writer is self.schema:
+            self._check_canonical(data, record)
         return record
+
+    def _check_canonical(self, data: bytes, record: dict[str, Any]) -> None:
+        """Refuse a body that is not what encoding its record gives back.
+
+        fastavro reads leniently: a boolean byte other than 0 or 1 as True, a negative union index
+        as a branch counted from the end, a string that is not the minimal encoding. Java and Go
+        readers refuse such bytes, and a site must not learn them: re-encoding the decoded record
+        and comparing bodies catches every such case (every standard Avro writer encodes canonically;
+        our schemas have no arrays or maps, whose block structure could legitimately differ).
+        """
+        buf = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buf, self.schema, record)
+        except Exception as exc:  # a value fastavro read but cannot write back is no valid record
+            raise SerializationError(f"body of {self.name} decodes to values that do not re-encode: {exc}") from exc
+        if buf.getvalue() != data[HEADER.size :]:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(buf.getvalue(), data[HEADER.size :], strict=False)) if a != b),
+                min(len(buf.getvalue()), len(data) - HEADER.size),
+            )
+            raise SerializationError(
+                f"body of {self.name} is not valid Avro at byte {at + HEADER.size} "
+                "(a boolean other than 0/1, a union index out of range, or a non-minimal encoding)"
+            )

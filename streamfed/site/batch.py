@@ -32,20 +32,28 @@ def learn_batch(
 ) -> list[Rejection]:
     """Decode and validate ``values``, learn the usable records, and return the others.
 
-    Records that do not decode are rejected with reason ``decode``; records that decode but fail
-    the topology's feature checks with the featurizer's reason (``missing``, ``out_of_range``, ...).
-    Rejections come in that order, each group in batch order. ``timestamps_ms[i]`` is the broker
-    timestamp of ``values[i]``; the earliest one of the learned records starts the update window.
+    Records that do not decode are rejected with reason ``decode``; records that name another site
+    with ``wrong_site``, and repeats of a recent id with ``duplicate`` (the learner's
+    :class:`~streamfed.site.guard.RecordGuard`); records that fail the topology's feature checks
+    with the featurizer's reason (``missing``, ``out_of_range``, ...). Rejections come in batch
+    order. ``timestamps_ms[i]`` is the broker timestamp of ``values[i]``; the earliest one of the
+    learned records starts the update window.
     """
     records: list[dict[str, Any]] = []
     origin: list[int] = []
     rejected: list[Rejection] = []
     for i, value in enumerate(values):
         try:
-            records.append(codec.decode(value))
-            origin.append(i)
+            rec = codec.decode(value)
         except SerializationError as exc:
             rejected.append(Rejection(i, "decode", str(exc)))
+            continue
+        problem = learner.guard.check(rec)
+        if problem is not None:
+            rejected.append(Rejection(i, *problem))
+            continue
+        records.append(rec)
+        origin.append(i)
     if not records:
         return rejected
     X, y, status = learner.featurizer.transform(records)

@@ -40,6 +40,7 @@ from streamfed.privacy.accountant import Mechanism, PrivacyLedger, Release, epsi
 from streamfed.privacy.signing import SiteSigner
 from streamfed.serde.tensors import params_to_bytes, sha256_hex
 from streamfed.site.contribution import FederatedContribution
+from streamfed.site.guard import RecordGuard
 from streamfed.site.personal import PersonalModel
 from streamfed.site.served import Blend, RollingAUC
 from streamfed.topology.spec import ModelSpec, PrivacySpec, UpdateSpec
@@ -154,6 +155,7 @@ class SiteLearner:
         self.contribute = contribute  # False: learn and serve only (benchmark arms that never publish)
 
         self.featurizer = Featurizer(model_spec.features, model_spec.label)
+        self.guard = RecordGuard(site_id, model_spec.site_field, model_spec.id_field, model_spec.dedup_window)
         dev = device or model_spec.deep.device
         self.personal = PersonalModel(
             model_spec, self.featurizer.names, np.random.default_rng(self.rng.integers(1 << 62)), clock, dev

@@ -107,6 +107,10 @@ def _check_against_schema(topo: Topology, source: str) -> None:
             problems.append(f"  model.features: field {name!r} is not in schema {topo.model.record_schema}")
     if topo.model.label not in fields:
         problems.append(f"  model.label: field {topo.model.label!r} is not in schema {topo.model.record_schema}")
+    for key in ("id_field", "site_field"):
+        name = getattr(topo.model, key)
+        if name is not None and name not in fields:
+            problems.append(f"  model.{key}: field {name!r} is not in schema {topo.model.record_schema}")
     if problems:
         valid = ", ".join(sorted(fields))
         raise ConfigError(f"{source}: invalid topology\n" + "\n".join(problems) + f"\n  valid fields: {valid}")

@@ -154,6 +154,17 @@ class ModelSpec(Frozen):
     blend: BlendSpec = BlendSpec()
     seed: int = Field(0, description="seed of version 0's parameters, shared by every site and the aggregator")
     auc_window: int = Field(1000, gt=10, description="records in the sliding window of prequential metrics")
+    id_field: str | None = Field(
+        None,
+        description="record field that identifies a record: a repeat among the last dedup_window ids is "
+        "dead-lettered as duplicate (null: no de-duplication)",
+    )
+    dedup_window: int = Field(100_000, gt=0, description="ids remembered for de-duplication (memory only)")
+    site_field: str | None = Field(
+        "site_id",
+        description="record field naming the site that produced it: a record naming another site "
+        "(or an empty name) is dead-lettered as wrong_site (null: not checked)",
+    )
 
 
 class PrivacySpec(Frozen):

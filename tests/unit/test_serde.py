@@ -317,3 +317,46 @@ def test_params_from_bytes_rejects_the_wrong_count(expected: int) -> None:
 
 def test_sha256_hex() -> None:
     assert sha256_hex(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def _card(**over: object) -> dict:
+    rec = {
+        "transaction_id": "t1",
+        "site_id": "s",
+        "event_time": 1,
+        "amount": 1.0,
+        "merchant_category": "fuel",
+        "hour": 1,
+        "card_present": True,
+        "distance_km": 1.0,
+        "account_age_days": 1,
+        "is_fraud": None,
+    }
+    rec.update(over)
+    return rec
+
+
+@pytest.mark.parametrize("byte", [0x02, 0x05, 0xFF])
+def test_a_boolean_byte_other_than_0_or_1_does_not_decode(byte: int) -> None:
+    codec = AvroCodec("card_transaction")
+    blob = bytearray(codec.encode(_card()))
+    at = 5 + 3 + 2 + 1 + 8 + 5 + 1  # header, transaction_id, site_id, event_time, amount, category, hour
+    assert blob[at] == 0x01  # card_present = True
+    blob[at] = byte
+    with pytest.raises(SerializationError, match="not valid Avro"):
+        codec.decode(bytes(blob))
+
+
+def test_a_negative_union_index_does_not_decode() -> None:
+    codec = AvroCodec("card_transaction")
+    blob = bytearray(codec.encode(_card(is_fraud=True)))
+    assert blob[-2:] == b"\x02\x01"  # union index 1 (boolean), then True
+    blob[-2] = 0x01  # zigzag -1: fastavro alone would read the last branch
+    with pytest.raises(SerializationError, match="not valid Avro"):
+        codec.decode(bytes(blob))
+
+
+def test_canonical_records_still_decode() -> None:
+    codec = AvroCodec("card_transaction")
+    for rec in (_card(), _card(is_fraud=False, card_present=False), _card(is_fraud=True, amount=-0.0)):
+        assert codec.decode(codec.encode(rec)) == rec

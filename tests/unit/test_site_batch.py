@@ -44,6 +44,33 @@ def test_bad_records_are_rejected_with_reasons_and_the_rest_learned(tmp_path: Pa
     assert learner.window_first_ms == 5
 
 
+def test_records_of_another_site_and_repeated_ids_are_rejected(tmp_path: Path) -> None:
+    topo = load_topology("fraud", {"state_dir": str(tmp_path)})
+    site = topo.sites[0]
+    write_keypair(topo.private_key_path(site), topo.public_key_path(site))
+    learner = build_learner(topo, site.id, rng=np.random.default_rng(0), persist=False, clock=lambda: 0.0, device="cpu")
+    assert site.simulator is not None and topo.model.id_field == "transaction_id"
+    records = TransactionSimulator(site.id, site.simulator).batch(12, t=0.0)
+    codec = AvroCodec(topo.model.record_schema)
+    values: list[bytes | None] = [codec.encode(r) for r in records]
+    values[1] = codec.encode({**records[1], "site_id": topo.sites[1].id})  # another site's name
+    values[2] = codec.encode({**records[2], "site_id": ""})
+    values[3] = codec.encode({**records[3], "site_id": "../" + site.id})
+    values[7] = codec.encode(records[5])  # the same transaction twice in one batch
+
+    rejected = learn_batch(learner, codec, values, [0] * len(values))
+    assert [(r.index, r.reason) for r in rejected] == [
+        (1, "wrong_site"),
+        (2, "wrong_site"),
+        (3, "wrong_site"),
+        (7, "duplicate"),
+    ]
+    assert learner.report.records == 8
+    # a later batch repeating a learnt record is rejected too (the guard remembers dedup_window ids)
+    again = learn_batch(learner, codec, [codec.encode(records[0])], [0])
+    assert [(r.index, r.reason) for r in again] == [(0, "duplicate")]
+
+
 def test_a_batch_of_only_bad_records_learns_nothing(tmp_path: Path) -> None:
     topo = load_topology("fraud", {"state_dir": str(tmp_path)})
     site = topo.sites[0]
