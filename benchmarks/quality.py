@@ -66,6 +66,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "server momentum 0.9 lr 0.1": {"aggregation": {"server_optimizer": "momentum", "server_learning_rate": 0.1}},
     "server adam lr 0.01": {"aggregation": {"server_optimizer": "adam", "server_learning_rate": 0.01}},
+    "served prior 1/13": {"model": {"blend": {"prior_first": 1 / 13}}},  # uniform over the 13 experts
+    "served prior 0.6": {"model": {"blend": {"prior_first": 0.6}}},
     "window x2": {"update": {"every_records": "x2"}},
     "window /2": {"update": {"every_records": "/2"}},
 }
@@ -265,6 +267,14 @@ def report(result: dict[str, Any]) -> list[str]:
         )
         if not ok:
             missed.append(f"{label} site {worst_site}")
+    for a in (x for x in arms if x.get("variant")):
+        gaps = {s: local["per_site"]["local"][s] - v for s, v in a["per_site"]["served"].items()}
+        worst_site = max(gaps, key=lambda s: gaps[s])
+        print(
+            f"variant {name} {a['arm']}: served {a['site_auc']['served']['mean']:.3f}, global "
+            f"{a['site_auc']['global']['mean']:.3f}; served below local-only by at most {gaps[worst_site]:+.4f} "
+            f"at any site (worst {worst_site})"
+        )
     print()
     return missed
 
