@@ -200,6 +200,7 @@ class SiteAgent:
     @property
     def report(self) -> SiteReport:
         """What the site did so far: records, dead letters by reason, updates, epsilon, base version, ..."""
+        self.learner.export_quality()  # read rarely (summaries): the AUCs as of the last record
         return self.learner.report
 
     # -- records --------------------------------------------------------------------------------

@@ -86,7 +86,6 @@ class SiteProcessor:
 
     @property
     def report(self) -> SiteReport:
-        self.learner.export_quality()
         return self.learner.report
 
     # -- Kafka plumbing -------------------------------------------------------------------------
@@ -182,6 +181,7 @@ class SiteProcessor:
                 self._poll_producers()
         finally:
             self.report.seconds = time.monotonic() - t0
+            self.learner.export_quality()  # the report's AUCs as of the last record
             self._close()
         return self.report
 

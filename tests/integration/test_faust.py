@@ -84,7 +84,8 @@ def test_faust_app_learns_dead_letters_publishes_and_rebases(topology_factory, t
     labelled = sum(r["is_fraud"] is not None for r in records)  # an update counts labelled examples
     out.send(topic, site.id, records)
     out.raw(topic, b"malformed", MALFORMED)  # does not decode
-    out.raw(topic, b"bad-hour", AvroCodec(topo.model.record_schema).encode({**records[0], "hour": 99}))
+    bad_hour = {**records[0], "hour": 99, "transaction_id": f"{records[0]['transaction_id']}-bad"}  # a new id
+    out.raw(topic, b"bad-hour", AvroCodec(topo.model.record_schema).encode(bad_hour))
     assert out.flush() == 0
 
     logs = tmp_path / "logs"

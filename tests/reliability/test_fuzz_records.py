@@ -58,8 +58,13 @@ def _records(rng: np.random.Generator, codec: AvroCodec, other: AvroCodec) -> li
         "huge",
         "negative",
         "hour",
+        "boolean_byte",
+        "union_minus_one",
+        "other_site",
+        "duplicate",
     ]
     out: list[tuple[bytes | None, str | None]] = []
+    repeated = False
     for i, kind in enumerate(rng.choice(kinds, size=TOTAL)):
         rec: dict[str, Any] = {**GOOD, "transaction_id": f"t{i}", "is_fraud": bool(rng.random() < 0.1)}
         if kind == "good":
@@ -93,6 +98,22 @@ def _records(rng: np.random.Generator, codec: AvroCodec, other: AvroCodec) -> li
             out.append((codec.encode({**rec, "amount": 1e300}), "out_of_range"))
         elif kind == "negative":
             out.append((codec.encode({**rec, "account_age_days": -(2**31)}), "out_of_range"))
+        elif kind == "boolean_byte":  # card_present written as 0x05: fastavro alone reads True
+            yes, no = codec.encode({**rec, "card_present": True}), codec.encode({**rec, "card_present": False})
+            at = next(j for j, (a, b) in enumerate(zip(yes, no, strict=True)) if a != b)
+            blob = bytearray(yes)
+            blob[at] = int(rng.choice([0x02, 0x05, 0x7F]))
+            out.append((bytes(blob), "decode"))
+        elif kind == "union_minus_one":  # label union index -1: fastavro alone reads the last branch
+            blob = bytearray(codec.encode({**rec, "is_fraud": True}))
+            blob[-2] = 0x01
+            out.append((bytes(blob), "decode"))
+        elif kind == "other_site":
+            name = str(rng.choice(["bank-south", "", "../bank-north"]))
+            out.append((codec.encode({**rec, "site_id": name}), "wrong_site"))
+        elif kind == "duplicate":  # the first one is learnt, every later one is a duplicate
+            out.append((codec.encode({**rec, "transaction_id": "t-repeated"}), "duplicate" if repeated else None))
+            repeated = True
         else:
             out.append((codec.encode({**rec, "hour": int(rng.choice([24, 99, -1, 2**31 - 1]))}), "out_of_range"))
     # A few oversize messages (several MB of noise) at random places.
