@@ -124,41 +124,8 @@ class Aggregator:
 
     # -- start-up -------------------------------------------------------------------------------
     def _restore(self, cluster_id: str) -> None:
-        loaded = self.checkpoint.load()
-        if loaded is None:
-            state = AggregatorState(0, self.model.initial_params.astype(np.float32), cluster_id=cluster_id)
-        else:
-            committed, pending = loaded
-            state = committed
-            if pending is not None and pending.offsets:
-                assert self._consumer is not None
-                tps = [_tp(k) for k in pending.offsets]
-                on_broker = {f"{tp.topic}:{tp.partition}": tp.offset for tp in self._consumer.committed(tps, 30)}
-                if all(on_broker.get(k) == v for k, v in pending.offsets.items()):
-                    state = pending
-                    log.info("checkpoint: the pending transaction for version %d had committed", pending.version)
-                else:
-                    log.info(
-                        "checkpoint: the pending transaction for version %d had not committed; resuming at %d",
-                        pending.version,
-                        committed.version,
-                    )
-            if state.cluster_id and state.cluster_id != cluster_id:
-                log.warning(
-                    "checkpoint is from cluster %s, broker is %s: keeping version %d and sequences, "
-                    "reading updates from the group's offsets",
-                    state.cluster_id,
-                    cluster_id,
-                    state.version,
-                )
-                state.offsets = {}
-            state.cluster_id = cluster_id
-        if state.params.shape != self.model.initial_params.shape:
-            raise AggregationError(
-                f"checkpoint in {self.checkpoint.folder} holds {state.params.size} parameters but the model has "
-                f"{self.model.initial_params.size}: a changed topology needs a new state_dir"
-            )
-        self.checkpoint.write(state)
+        assert self._consumer is not None
+        state = self.checkpoint.resume(self._consumer, cluster_id, self.model.initial_params)
         self.state = state
         self.checks.last_seq = dict(state.last_sequence)
         self._processed = dict(state.offsets)

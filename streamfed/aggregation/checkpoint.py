@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from confluent_kafka import Consumer, TopicPartition
 
+from streamfed.errors import AggregationError
 from streamfed.serde.tensors import params_to_bytes, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -120,3 +122,48 @@ class Checkpoint:
         for old in [*self.folder.glob("params-*.npy"), *self.folder.glob("params-*.npz")]:
             if old.name not in keep:
                 old.unlink(missing_ok=True)
+
+    def resume(self, consumer: Consumer, cluster_id: str, initial: npt.NDArray[np.float32]) -> AggregatorState:
+        """The state to resume from: the committed one, or the pending one if the broker has its offsets
+        (its transaction committed); version 0 without a checkpoint. Written back before returning."""
+        loaded = self.load()
+        if loaded is None:
+            state = AggregatorState(0, initial.astype(np.float32), cluster_id=cluster_id)
+        else:
+            committed, pending = loaded
+            state = committed
+            if pending is not None and pending.offsets:
+                tps = [_topic_partition(k) for k in pending.offsets]
+                on_broker = {f"{tp.topic}:{tp.partition}": tp.offset for tp in consumer.committed(tps, 30)}
+                if all(on_broker.get(k) == v for k, v in pending.offsets.items()):
+                    state = pending
+                    log.info("checkpoint: the pending transaction for version %d had committed", pending.version)
+                else:
+                    log.info(
+                        "checkpoint: the pending transaction for version %d had not committed; resuming at %d",
+                        pending.version,
+                        committed.version,
+                    )
+            if state.cluster_id and state.cluster_id != cluster_id:
+                log.warning(
+                    "checkpoint is from cluster %s, broker is %s: keeping version %d and sequences, "
+                    "reading updates from the group's offsets",
+                    state.cluster_id,
+                    cluster_id,
+                    state.version,
+                )
+                state.offsets = {}
+            state.cluster_id = cluster_id
+        if state.params.shape != initial.shape:
+            raise AggregationError(
+                f"checkpoint in {self.folder} holds {state.params.size} parameters but the model has "
+                f"{initial.size}: a changed topology needs a new state_dir"
+            )
+        self.write(state)
+        return state
+
+
+def _topic_partition(key: str) -> TopicPartition:
+    """``"topic:partition"`` (the checkpoint's offset keys) -> TopicPartition."""
+    topic, part = key.rsplit(":", 1)
+    return TopicPartition(topic, int(part))

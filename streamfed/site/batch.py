@@ -35,8 +35,8 @@ def learn_batch(
     Records that do not decode are rejected with reason ``decode``; records that name another site
     with ``wrong_site``, and repeats of a recent id with ``duplicate`` (the learner's
     :class:`~streamfed.site.guard.RecordGuard`); records that fail the topology's feature checks
-    with the featurizer's reason (``missing``, ``out_of_range``, ...). Rejections come in batch
-    order. ``timestamps_ms[i]`` is the broker timestamp of ``values[i]``; the earliest one of the
+    with the featurizer's reason (``missing``, ``out_of_range``, ...), and a second record of the
+    same id in one batch as ``duplicate``. Rejections come in that order, each group in batch order. ``timestamps_ms[i]`` is the broker timestamp of ``values[i]``; the earliest one of the
     learned records starts the update window.
     """
     records: list[dict[str, Any]] = []
@@ -61,6 +61,11 @@ def learn_batch(
     for j in np.flatnonzero(~good):
         reason, _, detail = str(status[j]).partition(": ")
         rejected.append(Rejection(origin[j], reason, detail))
+    repeats = learner.guard.learnt([records[j] for j in np.flatnonzero(good)])
+    for j, why in zip(np.flatnonzero(good), repeats, strict=True):
+        if why is not None:  # the same id twice in this batch: the first is learnt
+            good[j] = False
+            rejected.append(Rejection(origin[j], "duplicate", why))
     if not good.all():
         X, y = X[good], y[good]
         origin = [i for i, g in zip(origin, good, strict=True) if g]

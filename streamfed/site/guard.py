@@ -7,8 +7,10 @@ from typing import Any
 
 
 class RecordGuard:
-    """The checks a site makes of a decoded record before its features: it names this site, and its
-    id was not seen among the last ``window`` ids (a replayed or duplicated record is not learnt twice)."""
+    """The checks a site makes of a decoded record: it names this site, and its id is not among the
+    last ``window`` ids the site learnt (a replayed or duplicated record is not learnt twice). Only
+    learnt records are remembered: a record refused for its features may be sent again, corrected,
+    under its id."""
 
     def __init__(self, site_id: str, site_field: str | None, id_field: str | None, window: int) -> None:
         self.site_id = site_id
@@ -18,13 +20,28 @@ class RecordGuard:
         self._seen: OrderedDict[object, None] = OrderedDict()
 
     def check(self, rec: dict[str, Any]) -> tuple[str, str] | None:
+        """Why ``rec`` must not be learnt (reason, detail), or None."""
         if self.site_field is not None and rec.get(self.site_field) != self.site_id:
             return "wrong_site", f"{self.site_field} is {rec.get(self.site_field)!r}, this site is {self.site_id!r}"
-        if self.id_field is not None:
+        if self.id_field is not None and rec.get(self.id_field) in self._seen:
+            return "duplicate", self._duplicate(rec.get(self.id_field))
+
+    def _duplicate(self, key: object) -> str:
+        return f"{self.id_field} {key!r} was learnt among the last {self.window} records"
+
+    def learnt(self, records: list[dict[str, Any]]) -> list[str | None]:
+        """Remember the ids of ``records`` (about to be learnt, in order); for each, None, or why it is a
+        duplicate of an earlier one of them (it must then not be learnt)."""
+        if self.id_field is None:
+            return [None] * len(records)
+        out: list[str | None] = []
+        for rec in records:
             key = rec.get(self.id_field)
             if key in self._seen:
-                return "duplicate", f"{self.id_field} {key!r} was seen among the last {self.window} records"
+                out.append(self._duplicate(key))
+                continue
             self._seen[key] = None
             if len(self._seen) > self.window:
                 self._seen.popitem(last=False)
-        return None
+            out.append(None)
+        return out
