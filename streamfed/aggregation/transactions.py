@@ -70,7 +70,9 @@ class TransactionalWriter:
         prod = make_producer(self.kafka, **{"transactional.id": self.transactional_id})
         prod.init_transactions(60)
         self.producer = prod
-        self.rejects = DeadLetterSink(prod, self.rejected_topic, "aggregator", None)
+        self.rejects = DeadLetterSink(
+            prod, self.rejected_topic, "aggregator", None, max_bytes=self.kafka.max_message_bytes
+        )
 
     def start(self) -> None:
         self._new()

@@ -187,7 +187,12 @@ class SiteAgent:
         self.models = app.topic(topology.models_topic, acks=False, **_RAW)
         dead_letters = app.topic(topology.dead_letter_topic, **_RAW)
         self.dead_letters = DeadLetterSink(
-            _TopicProducer(dead_letters), topology.dead_letter_topic, "site", site.id, self.codec.registry
+            _TopicProducer(dead_letters),
+            topology.dead_letter_topic,
+            "site",
+            site.id,
+            self.codec.registry,
+            max_bytes=topology.kafka.max_message_bytes,
         )
         # Two agents and a timer share the learner: a batch with its acks and release, a rebase and a
         # timed step never interleave (each runs in the executor while holding this lock).

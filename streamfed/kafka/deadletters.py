@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Protocol
@@ -27,8 +28,18 @@ class LetterProducer(Protocol):
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None: ...
 
 
+# Room left in a message for the record batch around a dead letter (headers, framing).
+OVERHEAD_BYTES = 64 << 10
+
+
 class DeadLetterSink:
-    """Encodes a rejected message with its reason as a ``dead_letter`` record and produces it, keyed by site."""
+    """Encodes a rejected message with its reason as a ``dead_letter`` record and produces it, keyed by site.
+
+    A dead letter never exceeds ``max_bytes`` (the topology's ``kafka.max_message_bytes``): a message
+    as large as the limit, wrapped with its reason, would be refused by the broker and, kept for
+    retry, hold up every later dead letter. Such a letter carries no value, and its detail names the
+    value's size and SHA-256 instead (``truncated`` counts them).
+    """
 
     def __init__(
         self,
@@ -37,12 +48,15 @@ class DeadLetterSink:
         component: str,
         site_id: str | None,
         registry: SchemaRegistry | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.component = component
         self.site_id = site_id
         self.codec = AvroCodec("dead_letter", registry)
+        self.max_bytes = None if max_bytes is None else max(1024, max_bytes - OVERHEAD_BYTES)
+        self.truncated = 0
 
     def record(self, msg: SourceMessage, reason: str, detail: str) -> dict[str, object]:
         return {
@@ -68,8 +82,23 @@ class DeadLetterSink:
             reason,
             detail,
         )
-        self.producer.produce(
-            self.topic,
-            key=(self.site_id or self.component).encode(),
-            value=self.codec.encode(self.record(msg, reason, detail)),
-        )
+        rec = self.record(msg, reason, detail)
+        blob = self.codec.encode(rec)
+        if self.max_bytes is not None and len(blob) > self.max_bytes:
+            value = rec["value"] if isinstance(rec["value"], bytes) else b""
+            note = (
+                f" [value of {len(value)} bytes left out: the dead letter would exceed {self.max_bytes} bytes; "
+                f"sha256 {hashlib.sha256(value).hexdigest()}]"
+            )
+            rec.update(value=None, key=(rec["key"] or b"")[:1024] or None, detail=(detail[:1000] + note)[:2000])
+            blob = self.codec.encode(rec)
+            self.truncated += 1
+            log.warning(
+                "%s dead letter of %s[%s]@%s without its %d-byte value",
+                self.component,
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                len(value),
+            )
+        self.producer.produce(self.topic, key=(self.site_id or self.component).encode(), value=blob)

@@ -9,9 +9,11 @@ purges the old client, builds a new one and produces the kept messages again, in
 order and with their original bytes (so an update keeps its sequence number and signature).
 
 Memory is bounded: at most ``max_pending`` messages are kept; beyond that the oldest waiting one
-is dropped and counted (``dropped``, and the ``on_drop`` callback). A message whose delivery report
-was lost may be delivered twice; consumers deduplicate (the aggregator rejects a repeated
-(site, sequence)).
+is dropped and counted (``dropped``, and the ``on_drop`` callback). A message the broker or
+librdkafka can never take (too large, invalid) is dropped at once, counted in ``refused`` and
+logged, rather than kept at the head of the queue where it would hold up every later message.
+A message whose delivery report was lost may be delivered twice; consumers deduplicate (the
+aggregator rejects a repeated (site, sequence)).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ log = logging.getLogger(__name__)
 # Give a message up (and recreate the client) after this long, unless the topology sets its own
 # ``message.timeout.ms``: librdkafka's default of five minutes would hide a stuck client that long.
 DEFAULT_MESSAGE_TIMEOUT_MS = 15000
+
+# Errors no retry can cure: the message itself is refused.
+PERMANENT = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+}
 
 
 @dataclass
@@ -98,6 +108,7 @@ class ResilientProducer:
         self._retry_at = 0.0
         self.delivered = 0
         self.dropped = 0
+        self.refused = 0
         self.failures = 0
         self.recreated = 0
         self._producer = self._make()
@@ -143,6 +154,9 @@ class ResilientProducer:
             if err is None:
                 self.delivered += 1
                 return
+            if err.code() in PERMANENT:
+                self._refuse(kept, err)
+                return
             self.failures += 1
             self._failed.append(kept)
             if err.code() != KafkaError._PURGE_QUEUE and err.code() != KafkaError._PURGE_INFLIGHT:
@@ -158,6 +172,13 @@ class ResilientProducer:
             self._waiting.extendleft(reversed(self._failed))
             self._failed.clear()
             self._retry_at = time.monotonic() + self.retry_backoff_s
+
+    def _refuse(self, kept: _Kept, err: KafkaError | str) -> None:
+        self.refused += 1
+        size = len(kept.value or b"")
+        log.warning("%s: %s refused a message of %d bytes for good (%s); dropped", self.name, kept.topic, size, err)
+        if self.on_drop is not None:
+            self.on_drop()
 
     def _trim(self) -> None:
         while self.pending > self.max_pending and self._waiting:
@@ -179,7 +200,12 @@ class ResilientProducer:
             except BufferError:
                 return  # librdkafka's queue is full: poll() makes room
             except KafkaException as exc:
-                log.warning("%s: produce failed (%s); will recreate the client", self.name, exc.args[0])
+                err = exc.args[0]
+                if isinstance(err, KafkaError) and err.code() in PERMANENT:
+                    self._waiting.popleft()
+                    self._refuse(kept, err)
+                    continue
+                log.warning("%s: produce failed (%s); will recreate the client", self.name, err)
                 self._broken = True
                 return
             self._waiting.popleft()

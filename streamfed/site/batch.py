@@ -36,8 +36,9 @@ def learn_batch(
     with ``wrong_site``, and repeats of a recent id with ``duplicate`` (the learner's
     :class:`~streamfed.site.guard.RecordGuard`); records that fail the topology's feature checks
     with the featurizer's reason (``missing``, ``out_of_range``, ...), and a second record of the
-    same id in one batch as ``duplicate``. Rejections come in that order, each group in batch order. ``timestamps_ms[i]`` is the broker timestamp of ``values[i]``; the earliest one of the
-    learned records starts the update window.
+    same id in one batch as ``duplicate``. Rejections come in that order, each group in batch order.
+    ``timestamps_ms[i]`` is the broker timestamp of ``values[i]``; the earliest one of the learned
+    records starts the update window.
     """
     records: list[dict[str, Any]] = []
     origin: list[int] = []

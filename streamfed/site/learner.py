@@ -65,6 +65,7 @@ class SiteReport:
     labelled: int = 0
     dead_letters: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    dead_letters_undelivered: int = 0  # dead letters the broker had not acknowledged at shutdown
     updates_published: int = 0
     updates_withheld: int = 0
     updates_pending: int = 0  # made but not yet delivered to the broker

@@ -120,7 +120,14 @@ class SiteProcessor:
             on_drop=self._update_dropped,
             on_recreate=self._recreated,
         )
-        self._dead = DeadLetterSink(self._producer, self.topics.dead_letters, "site", self.site_id, self.codec.registry)
+        self._dead = DeadLetterSink(
+            self._producer,
+            self.topics.dead_letters,
+            "site",
+            self.site_id,
+            self.codec.registry,
+            max_bytes=self.kafka.max_message_bytes,
+        )
         if self.secure is not None:
             assert self.topics.secagg is not None
             self._secagg = make_consumer(self.kafka, None)
@@ -150,7 +157,10 @@ class SiteProcessor:
             if left:
                 log.warning("site=%s stops with %d update(s) not delivered", self.site_id, left)
         if self._producer is not None:
-            self._producer.flush(10)
+            left = self._producer.flush(10)
+            self.report.dead_letters_undelivered = left
+            if left:
+                log.warning("site=%s stops with %d dead letter(s) not delivered", self.site_id, left)
         for c in (self._consumer, self._models, self._secagg):
             if c is not None:
                 c.close()
