@@ -126,6 +126,8 @@ class Aggregator:
     def _restore(self, cluster_id: str) -> None:
         assert self._consumer is not None
         state = self.checkpoint.resume(self._consumer, cluster_id, self.model.initial_params)
+        if self.local.settle(state.version):
+            log.info("local registry: version %d, committed before the last stop, added", state.version)
         self.state = state
         self.checks.last_seq = dict(state.last_sequence)
         self._processed = dict(state.offsets)
@@ -301,6 +303,7 @@ class Aggregator:
         key = self.model.name.encode()
         self.txn.produce(self.topics.models, key, self.version_codec.encode(record))
         self.txn.produce(self.topics.lineage, key, self.lineage_codec.encode(lineage))
+        self.local.stage(record, lineage)
         if not self._commit(self._working_state(version, new_params, opt)):
             return
         if self.secure is not None:

@@ -93,3 +93,60 @@ def test_copy_is_deep() -> None:
     dup.offsets["t:0"] = 2
     assert state.last_sequence == {"a": 1} and state.offsets == {"t:0": 1}
     assert state.params[0] != dup.params[0]
+
+
+def test_a_staged_version_is_promoted_only_if_its_transaction_committed(tmp_path: Path) -> None:
+    """Killed after the commit, before the local cache was written: the restart adds the version."""
+    from streamfed.registry.local import LocalRegistry
+
+    cost = {
+        "site_cpu_seconds": 0.0,
+        "site_gpu_seconds": 0.0,
+        "aggregator_cpu_seconds": 0.0,
+        "gpu_energy_joules_measured": None,
+        "energy_joules": 0.0,
+        "co2e_grams": 0.0,
+    }
+
+    def records(v: int) -> tuple[dict, dict]:
+        version = {
+            "model": "m",
+            "topology": "t",
+            "version": v,
+            "parent_version": v - 1,
+            "created_ms": 0,
+            "dtype": "float32",
+            "params": b"\x00" * 4,
+            "params_sha256": "s",
+            "layout": [],
+            "feature_order": [],
+            "schema_fingerprint": "f",
+            "contributions": [],
+            "cost": cost,
+            "rule": "mean",
+            "server_learning_rate": 1.0,
+            "delta": 1e-6,
+            "quality": {},
+            "producer_id": "p",
+            "run_id": "r",
+        }
+        lineage = {
+            "model": "m",
+            "version": v,
+            "parent_version": v - 1,
+            "created_ms": 0,
+            "params_sha256": "s",
+            "updates": [],
+            "cost": cost,
+            "producer_id": "p",
+            "run_id": "r",
+        }
+        return version, lineage
+
+    reg = LocalRegistry(tmp_path / "registry")
+    reg.stage(*records(5))
+    assert reg.list_versions() == []
+    assert reg.settle(5) and reg.list_versions() == [5] and reg.get_lineage(5) is not None
+    reg.stage(*records(6))  # its transaction aborted: the checkpoint resumes at 5
+    assert not reg.settle(5) and reg.list_versions() == [5]
+    assert not reg.settle(5)  # nothing staged any more
