@@ -130,6 +130,7 @@ class Aggregator:
             log.info("local registry: version %d, committed before the last stop, added", state.version)
         self.state = state
         self.checks.last_seq = dict(state.last_sequence)
+        self.checks.version_times = dict(state.version_times)
         self._processed = dict(state.offsets)
         M.AGG_VERSION.labels(**self._labels, model=self.model.name).set(state.version)
         self.report.version = state.version
@@ -292,8 +293,13 @@ class Aggregator:
 
     # -- versions -------------------------------------------------------------------------------
     def _working_state(self, version: int, params: np.ndarray, opt: dict[str, np.ndarray]) -> AggregatorState:
+        times = dict(self.state.version_times)
+        if version != self.state.version:
+            times[version] = int(time.time() * 1000)
+            keep = max(1000, 2 * self.spec.max_staleness)
+            times = {v: t for v, t in times.items() if v > version - keep}
         return AggregatorState(
-            version, params, dict(self.checks.last_seq), dict(self._processed), self.state.cluster_id, dict(opt)
+            version, params, dict(self.checks.last_seq), dict(self._processed), self.state.cluster_id, dict(opt), times
         )
 
     def _publish_version(self, new_params: np.ndarray, used: list[PendingUpdate], opt: dict[str, np.ndarray]) -> None:
@@ -344,6 +350,7 @@ class Aggregator:
             return False
         self.checkpoint.write(new)
         self.state = new
+        self.checks.version_times = dict(new.version_times)
         return True
 
     def _recover(self, exc: KafkaException) -> None:
@@ -358,6 +365,7 @@ class Aggregator:
         if self.secure is not None:
             self.secure.reset(self.state.version)
         self.checks.last_seq = dict(self.state.last_sequence)
+        self.checks.version_times = dict(self.state.version_times)
         self._processed = dict(self.state.offsets)
         for tp in self._consumer.assignment():
             off = self.state.offsets.get(f"{tp.topic}:{tp.partition}", OFFSET_BEGINNING)

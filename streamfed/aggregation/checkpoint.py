@@ -32,6 +32,7 @@ class AggregatorState:
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
     cluster_id: str = ""
     opt: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)  # server optimizer state
+    version_times: dict[int, int] = field(default_factory=dict)  # recent version -> commit time (ms)
 
     @property
     def params_sha256(self) -> str:
@@ -45,6 +46,7 @@ class AggregatorState:
             dict(self.offsets),
             self.cluster_id,
             {k: v.copy() for k, v in self.opt.items()},
+            dict(self.version_times),
         )
 
 
@@ -101,6 +103,7 @@ class Checkpoint:
             offsets={k: int(v) for k, v in dict(meta["offsets"]).items()},  # type: ignore[call-overload]
             cluster_id=str(meta.get("cluster_id", "")),
             opt=opt,
+            version_times={int(k): int(v) for k, v in dict(meta.get("version_times", {})).items()},  # type: ignore[call-overload]
         )
 
     def load(self) -> tuple[AggregatorState, AggregatorState | None] | None:

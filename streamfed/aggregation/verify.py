@@ -2,8 +2,10 @@
 
 Checks, in order: Avro decode, signature (site and key known), sequence strictly after the last
 seen (replay), model and topology, shape, and then either the secure-aggregation checks or finite
-values, the L2 norm bound, the base version (not ahead, not too stale) and the declared metadata
-(mechanism as the topology's, noise multiplier at least the calibrated one, a positive slot count).
+values, the L2 norm bound, the base version (not ahead; not more than ``max_staleness`` versions
+behind *when the update was published*, so an aggregator's own downtime does not make the backlog
+stale) and the declared metadata (mechanism as the topology's, noise multiplier at least the
+calibrated one, a positive slot count).
 Every reason is one of :data:`streamfed.metrics.REJECT_REASONS`.
 """
 
@@ -69,6 +71,8 @@ class UpdateChecks:
         self.secure = secure
         self.codec = AvroCodec("model_update")
         self.last_seq: dict[str, int] = {}
+        # version -> its commit time (ms), for the staleness an update had when it was published
+        self.version_times: dict[int, int] = {}
 
     def verify(
         self, value: bytes | None, version: int, topic: str = "", partition: int = 0, offset: int = 0
@@ -126,9 +130,20 @@ class UpdateChecks:
         if base > version:
             raise Rejected("future_base", f"base version {base} is ahead of the current {version}")
         staleness = version - base
-        if staleness > self.spec.max_staleness:
-            raise Rejected("stale", f"staleness {staleness} > max_staleness {self.spec.max_staleness}")
+        behind = self.published_staleness(base, version, int(upd["created_ms"]))
+        if behind > self.spec.max_staleness:
+            raise Rejected(
+                "stale",
+                f"{behind} versions newer than its base {base} existed when it was published "
+                f"(max_staleness {self.spec.max_staleness})",
+            )
         return pending_update(upd, delta, topic, partition, offset, staleness=staleness)
+
+    def published_staleness(self, base: int, version: int, created_ms: int) -> int:
+        """Versions after ``base`` that were committed before the update was created: how far behind the
+        site was when it published. Versions made later (while a backlog is read after an aggregator
+        outage) do not count against it; a version of unknown time counts."""
+        return sum(1 for v in range(base + 1, version + 1) if self.version_times.get(v, 0) <= created_ms)
 
     def _check_metadata(self, upd: dict[str, Any]) -> None:
         if int(upd["num_examples"]) < 1 or not math.isfinite(float(upd["noise_std"])):

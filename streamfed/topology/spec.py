@@ -250,7 +250,12 @@ class AggregationSpec(Frozen):
     server_momentum: float = Field(0.9, ge=0, lt=1, description="momentum, or Adam's beta1")
     server_beta2: float = Field(0.99, gt=0, lt=1, description="Adam's beta2")
     server_epsilon: PositiveFloat = Field(1e-3, description="Adam's epsilon (adaptivity floor)")
-    max_staleness: int = Field(20, ge=0, description="reject updates based this many versions back or more")
+    max_staleness: int = Field(
+        20,
+        ge=0,
+        description="reject an update that was already more than this many versions behind when it was published "
+        "(versions made later, e.g. from a backlog after an aggregator outage, do not count)",
+    )
     staleness_exponent: float = Field(0.5, ge=0, le=4, description="weight (1 + staleness) ** -a")
     weight_by_examples: bool = Field(True, description="weight by the update's example count")
     trim_fraction: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: fraction cut at each end")

@@ -237,3 +237,20 @@ def test_truncated_update_does_not_decode(agg: Aggregator, make: Make) -> None:
     blob = make()
     assert _reason(agg, blob[: len(blob) // 2]) == "decode"
     assert _reason(agg, blob + b"\x00") == "decode"
+
+
+def test_staleness_counts_only_the_versions_that_existed_when_the_update_was_published(
+    agg: Aggregator, make: Make
+) -> None:
+    """After an aggregator outage the backlog is read while new versions are made from it: those
+    versions are newer than the updates and must not make them stale."""
+    limit = agg.spec.max_staleness
+    agg.state.version = 5 + 2 * limit
+    # versions 1..5 existed before the updates were made (created_ms 1.7e12); the rest came after
+    agg.checks.version_times = {
+        v: (1_600_000_000_000 if v <= 5 else 1_800_000_000_000) for v in range(1, 6 + 2 * limit)
+    }
+    ok = agg.verify(make(base_version=5, sequence=1))  # up to date when published
+    assert ok.staleness == 2 * limit  # the FedBuff weight still sees how far the model moved since
+    agg.checks.version_times = {v: 1_600_000_000_000 for v in range(1, 6 + 2 * limit)}  # all existed
+    assert _reason(agg, make(base_version=5, sequence=3)) == "stale"
