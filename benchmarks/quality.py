@@ -242,22 +242,16 @@ def report(result: dict[str, Any]) -> list[str]:
         served, glob = a["site_auc"]["served"]["mean"], a["site_auc"]["global"]["mean"]
         label = f"{name} {a['arm']}"
         ratio(f"{name} {a['arm'].replace(' ', '_').replace('=', '')}/centralised served_site_auc", served / c_auc)
-        if eps in SERVED_GAP:
-            ok = c_auc - served <= SERVED_GAP[eps]
+        for kind, value, gap in (("served", served, SERVED_GAP), ("global", glob, GLOBAL_GAP)):
+            if eps not in gap:
+                continue
+            ok = c_auc - value <= gap[eps]
             print(
-                f"TARGET {label}: served {served:.3f}, gap to centralised {c_auc - served:+.3f} "
-                f"(<= {SERVED_GAP[eps]}) {'MET' if ok else 'MISSED'}"
+                f"TARGET {label}: {kind} {value:.3f}, gap to centralised {c_auc - value:+.3f} "
+                f"(<= {gap[eps]}) {'MET' if ok else 'MISSED'}"
             )
             if not ok:
-                missed.append(f"{label} served gap")
-        if eps in GLOBAL_GAP:
-            ok = c_auc - glob <= GLOBAL_GAP[eps]
-            print(
-                f"TARGET {label}: global {glob:.3f}, gap to centralised {c_auc - glob:+.3f} "
-                f"(<= {GLOBAL_GAP[eps]}) {'MET' if ok else 'MISSED'}"
-            )
-            if not ok:
-                missed.append(f"{label} global gap")
+                missed.append(f"{label} {kind} gap")
         gaps = {s: local["per_site"]["local"][s] - v for s, v in a["per_site"]["served"].items()}
         worst_site = max(gaps, key=lambda s: gaps[s])
         ok = gaps[worst_site] <= SITE_MARGIN
