@@ -25,6 +25,7 @@ class RecordGuard:
             return "wrong_site", f"{self.site_field} is {rec.get(self.site_field)!r}, this site is {self.site_id!r}"
         if self.id_field is not None and rec.get(self.id_field) in self._seen:
             return "duplicate", self._duplicate(rec.get(self.id_field))
+        return None
 
     def _duplicate(self, key: object) -> str:
         return f"{self.id_field} {key!r} was learnt among the last {self.window} records"

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from streamfed import metrics as M
 from streamfed.errors import SerializationError
-from streamfed.kafka.clients import make_consumer
+from streamfed.kafka.clients import make_consumer, raise_if_fatal, singleton_consumer
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
@@ -101,7 +101,7 @@ class SiteProcessor:
             log.debug("unreadable librdkafka statistics: %s", exc)
 
     def _open(self) -> None:
-        self._consumer = make_consumer(
+        self._consumer = singleton_consumer(
             self.kafka,
             f"streamfed.{self.learner.topology}.site.{self.site_id}",
             **{"statistics.interval.ms": 1000, "stats_cb": self._stats},
@@ -201,6 +201,7 @@ class SiteProcessor:
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                raise_if_fatal(err, f"site {self.site_id}")
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("site=%s consumer error: %s", self.site_id, err)
                 continue

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from streamfed.aggregation.checkpoint import Checkpoint
 from streamfed.broker.kafka import KafkaCluster
@@ -201,6 +201,28 @@ def test_broker_kill9_and_restart_with_its_data(kafka: KafkaCluster, topology_fa
     assert resumed_s < 180
 
 
+def test_a_second_aggregator_fences_the_first(kafka: KafkaCluster, topology_factory, tmp_path: Path) -> None:
+    """Started twice by mistake: the newer aggregator takes the group's static identity and the
+    transactional id; the older stops with a clear error (exit 2), and versions go on, contiguous."""
+    path, topo = topology_factory("fraud", FAST)
+    procs = _federation(topo, path, tmp_path)
+    try:
+        wait_for(lambda: _max_version(topo) >= 2, 180, "two versions")
+        first = procs.pop("aggregator")
+        procs["aggregator"] = _aggregator(path, tmp_path, 1)
+        wait_for(lambda: first.poll() is not None, 120, "the first aggregator to stop")
+        before = _max_version(topo)
+        wait_for(lambda: _max_version(topo) >= before + 2, 120, "versions from the second aggregator")
+    finally:
+        codes = _stop_federation(procs)
+        if first.poll() is None:
+            stop(first)
+    log = (tmp_path / "logs" / "agg-0.log").read_text()
+    assert first.returncode == 2 and "fenced" in log, tail(tmp_path / "logs" / "agg-0.log")
+    assert all(c == 0 for c in codes.values()), codes
+    _check_invariants(topo)
+
+
 def test_the_models_topic_is_compacted_and_a_late_reader_sees_the_latest(
     kafka: KafkaCluster, topology_factory, tmp_path: Path
 ) -> None:
@@ -208,17 +230,16 @@ def test_the_models_topic_is_compacted_and_a_late_reader_sees_the_latest(
     provision_topology(topo)
     # Roll segments fast so that the cleaner has something to compact within the test.
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    SET = AlterConfigOpType.SET
+    entries = {"segment.ms": "500", "min.cleanable.dirty.ratio": "0.01", "min.compaction.lag.ms": "0"}
+    entries["delete.retention.ms"] = "100"
     res = ConfigResource(
         "topic",
         topo.models_topic,
-        set_config={
-            "segment.ms": "500",
-            "min.cleanable.dirty.ratio": "0.01",
-            "min.compaction.lag.ms": "0",
-            "delete.retention.ms": "100",
-        },
+        incremental_configs=[ConfigEntry(k, v, incremental_operation=SET) for k, v in entries.items()],
     )
-    for fut in admin.alter_configs([res]).values():
+    # Incremental: the topic keeps its other settings (cleanup.policy=compact among them).
+    for fut in admin.incremental_alter_configs([res]).values():
         fut.result(30)
     procs = _federation(topo, path, tmp_path)
     codec = AvroCodec("model_version")
@@ -226,18 +247,21 @@ def test_the_models_topic_is_compacted_and_a_late_reader_sees_the_latest(
         wait_for(lambda: _max_version(topo) >= 12, 180, "twelve versions")
 
         def compacted() -> list | None:
-            recs = [r for _, r in read_topic(topo.kafka, topo.models_topic, codec) if isinstance(r, dict)]
-            return recs if len(recs) < _max_version(topo) else None
+            recs = [r["version"] for _, r in read_topic(topo.kafka, topo.models_topic, codec) if isinstance(r, dict)]
+            # versions 1 and 2 gone: a read that stopped early does not count as compaction
+            return recs if recs and 1 not in recs and 2 not in recs else None
 
         wait_for(compacted, 120, "the cleaner to compact the models topic", every_s=2.0)
     finally:
         codes = _stop_federation(procs)
     assert all(c == 0 for c in codes.values()), codes
     # A reader that starts now, after everything stopped: the latest version, and fewer records than versions.
-    recs = [r for _, r in read_topic(topo.kafka, topo.models_topic, codec) if isinstance(r, dict)]
+    msgs = [(m, r) for m, r in read_topic(topo.kafka, topo.models_topic, codec) if isinstance(r, dict)]
+    recs = [r for _, r in msgs]
     latest = read_latest(topo.kafka, topo.models_topic, codec, key=topo.model.name)
     assert latest is not None and latest["version"] == max(r["version"] for r in recs) == _max_version(topo)
-    assert len(recs) < latest["version"], "older versions are still in the log: the topic did not compact"
+    seen = [(m.offset(), m.key(), r["version"]) for m, r in msgs]
+    assert len(recs) < latest["version"], f"older versions are still in the log: the topic did not compact: {seen}"
 
 
 @pytest.mark.timeout(600)
