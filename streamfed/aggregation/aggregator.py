@@ -31,6 +31,7 @@ from streamfed.energy import CpuClock
 from streamfed.errors import AggregationError, FencedError, SerializationError
 from streamfed.kafka.clients import (
     admin_client,
+    aggregator_group,
     make_consumer,
     make_producer,
     owns_identity,
@@ -101,13 +102,13 @@ class Aggregator:
         self.local = LocalRegistry(home / "registry")
         self.version_codec = AvroCodec("model_version")
         self.lineage_codec = AvroCodec("lineage")
-        self.group_id = f"streamfed.{model.topology}.aggregator"
+        self.group_id = aggregator_group(model.topology)
         self.run_id = uuid.uuid4().hex
         self.meta = VersionMeta(
             fedbuff.rule.name,
             spec.server_learning_rate,
             spec.server_optimizer,
-            f"streamfed.{model.topology}.aggregator",
+            self.group_id,  # the transactional id: the same identity
             self.run_id,
         )
         self.cpu = CpuClock()

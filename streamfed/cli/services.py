@@ -1,7 +1,8 @@
-"""Long-running commands: broker, provision, site, aggregator, simulate, replay."""
+"""Long-running commands: broker, provision, site, aggregator, simulate, replay; and lag."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -81,6 +82,32 @@ def provision(topology: TopologyOpt = "fraud", bootstrap: BootstrapOpt = None) -
     except StreamfedError as exc:
         raise fail(exc) from exc
     console.print(f"{len(created)} topics created on {topo.kafka.bootstrap_servers}")
+
+
+def lag(
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Consumer lag of every site and of the aggregator, from the broker's committed and end offsets."""
+    from rich.table import Table
+
+    from streamfed.kafka.lag import topology_lag
+
+    setup_logging()
+    try:
+        lags = topology_lag(load(topology, bootstrap))
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps({who: g.to_json() for who, g in lags.items()}, indent=2))
+        return
+    table = Table("member", "group", "topic", "partitions", "committed", "end", "lag")
+    for who, g in lags.items():
+        committed = sum(p.committed or 0 for p in g.partitions)
+        end = sum(p.end for p in g.partitions)
+        table.add_row(who, g.group, g.topic, str(len(g.partitions)), str(committed), str(end), str(g.lag))
+    console.print(table)
 
 
 def site(

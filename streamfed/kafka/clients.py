@@ -65,6 +65,16 @@ def make_consumer(spec: KafkaSpec, group_id: str | None, **extra: Any) -> Consum
     return Consumer(consumer_config(spec, group_id, **extra), logger=_logger("consumer"))
 
 
+def site_group(topology: str, site_id: str) -> str:
+    """The consumer group (and static identity) of a site's processor."""
+    return f"streamfed.{topology}.site.{site_id}"
+
+
+def aggregator_group(topology: str) -> str:
+    """The consumer group (and static identity) of a topology's aggregator."""
+    return f"streamfed.{topology}.aggregator"
+
+
 def singleton_consumer(spec: KafkaSpec, group_id: str, **extra: Any) -> Consumer:
     """A consumer that is its group's only member by design (the aggregator, a site's processor).
 

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from streamfed import metrics as M
 from streamfed.errors import SerializationError
-from streamfed.kafka.clients import make_consumer, raise_if_fatal, singleton_consumer
+from streamfed.kafka.clients import make_consumer, raise_if_fatal, singleton_consumer, site_group
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
@@ -103,7 +103,7 @@ class SiteProcessor:
     def _open(self) -> None:
         self._consumer = singleton_consumer(
             self.kafka,
-            f"streamfed.{self.learner.topology}.site.{self.site_id}",
+            site_group(self.learner.topology, self.site_id),
             **{"statistics.interval.ms": 1000, "stats_cb": self._stats},
         )
         self._consumer.subscribe([self.topics.transactions])
