@@ -40,7 +40,18 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def load(topology: str, bootstrap: str | None = None, state_dir: Path | None = None) -> Topology:
+def load(topology: str, bootstrap: str | None = None, state_dir: Path | None = None, kafka: bool = False) -> Topology:
+    """The topology with the command line's overrides; with ``kafka``, also a broker that answers
+    (one line naming the address, before anything is created, when none does)."""
+    topo = _load(topology, bootstrap, state_dir)
+    if kafka:
+        from streamfed.kafka.clients import check_reachable
+
+        check_reachable(topo.kafka)
+    return topo
+
+
+def _load(topology: str, bootstrap: str | None, state_dir: Path | None) -> Topology:
     overrides: dict[str, Any] = {}
     if bootstrap:
         overrides["kafka"] = {"bootstrap_servers": bootstrap}
@@ -50,7 +61,7 @@ def load(topology: str, bootstrap: str | None = None, state_dir: Path | None = N
 
 
 def fail(exc: StreamfedError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)  # one line
     return typer.Exit(2)
 
 

@@ -24,7 +24,7 @@ def _versions(topology: str, bootstrap: str | None, state_dir: Path | None, from
     from streamfed.registry import LocalRegistry, dedupe_versions, read_topic
     from streamfed.serde.avro import AvroCodec
 
-    topo = load(topology, bootstrap, state_dir)
+    topo = load(topology, bootstrap, state_dir, kafka=not from_cache)
     if from_cache:
         reg = LocalRegistry(topo.home / "aggregator" / "registry")
         return [v for n in reg.list_versions() if (v := reg.get_version(n)) is not None]

@@ -77,7 +77,7 @@ def provision(topology: TopologyOpt = "fraud", bootstrap: BootstrapOpt = None) -
 
     setup_logging()
     try:
-        topo = load(topology, bootstrap)
+        topo = load(topology, bootstrap, kafka=True)
         created = provision_topology(topo)
     except StreamfedError as exc:
         raise fail(exc) from exc
@@ -96,7 +96,7 @@ def lag(
 
     setup_logging()
     try:
-        lags = topology_lag(load(topology, bootstrap))
+        lags = topology_lag(load(topology, bootstrap, kafka=True))
     except StreamfedError as exc:
         raise fail(exc) from exc
     if as_json:
@@ -127,7 +127,7 @@ def site(
 
     setup_logging()
     try:
-        topo = load(topology, bootstrap, state_dir)
+        topo = load(topology, bootstrap, state_dir, kafka=True)
         spec = topo.site(site_id) if site_id in {s.id for s in topo.sites} else None
         if spec is None:
             raise typer.BadParameter(f'unknown site "{site_id}"; valid: {", ".join(s.id for s in topo.sites)}')
@@ -161,7 +161,7 @@ def aggregator(
 
     setup_logging()
     try:
-        topo = load(topology, bootstrap, state_dir)
+        topo = load(topology, bootstrap, state_dir, kafka=True)
         metrics.serve(metrics_port if metrics_port is not None else topo.metrics.aggregator_port)
         provision_topology(topo)
         agg = build_aggregator(topo)
@@ -195,7 +195,7 @@ def simulate(
     stop = threading.Event()
     stop_on_signals(stop)
     try:
-        topo = load(topology, bootstrap)
+        topo = load(topology, bootstrap, kafka=True)
         chosen = [s for s in topo.sites if s.simulator is not None and (not sites or s.id in sites)]
         if not chosen:
             raise typer.BadParameter(
@@ -261,6 +261,7 @@ def replay(
 ) -> None:
     """Produce a real data file's rows as records, by the topology's column mapping, at a set rate."""
     from streamfed.kafka import provision_topology
+    from streamfed.kafka.clients import check_reachable
     from streamfed.sources import RecordProducer, read_source_rows
     from streamfed.topology.loader import schema_fields
 
@@ -278,7 +279,10 @@ def replay(
         source = spec.source if file is None else spec.source.model_copy(update={"path": file})
         fields = schema_fields(topo.model.record_schema)
         id_field = next(iter(fields))
+        if not Path(source.path).is_file():
+            raise typer.BadParameter(f"no data file at {source.path}")
         rows = read_source_rows(source, site_id, fields, topo.model.label, id_field)
+        check_reachable(topo.kafka)  # the inputs first, then the broker, then topics
         provision_topology(topo)
         out = RecordProducer(topo.kafka, topo.model.record_schema, topo.name, id_field)
     except StreamfedError as exc:

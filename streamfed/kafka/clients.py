@@ -53,8 +53,33 @@ def consumer_config(spec: KafkaSpec, group_id: str | None, **extra: Any) -> dict
     return conf
 
 
-def _logger(name: str) -> logging.Logger:
-    return logging.getLogger(f"streamfed.librdkafka.{name}")
+class LibrdkafkaLog:
+    """librdkafka's log lines into ``logging``: at debug (a broker away is retried, and says so once
+    per second), fatal ones at warning. Errors that matter reach the caller as exceptions."""
+
+    def __init__(self, name: str) -> None:
+        self.logger = logging.getLogger(f"streamfed.librdkafka.{name}")
+
+    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.logger.log(logging.WARNING if level >= logging.CRITICAL else logging.DEBUG, msg, *args, **kwargs)
+
+
+def _logger(name: str) -> LibrdkafkaLog:
+    return LibrdkafkaLog(name)
+
+
+def check_reachable(spec: KafkaSpec, timeout_s: float = 8.0) -> None:
+    """Fail in ``timeout_s`` with one line naming the address when no broker answers there."""
+    try:
+        admin_client(spec).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        reason = err.str() if isinstance(err, KafkaError) else str(err)
+        raise BrokerError(
+            f"no Kafka broker answered at {spec.bootstrap_servers} within {timeout_s:.0f} s ({reason}); "
+            "check that one is running there and the address (--bootstrap, or kafka.bootstrap_servers "
+            "in the topology)"
+        ) from None
 
 
 def make_producer(spec: KafkaSpec, **extra: Any) -> Producer:
@@ -122,4 +147,4 @@ def owns_identity(admin: AdminClient, consumer: Consumer, group_id: str, timeout
 
 
 def admin_client(spec: KafkaSpec) -> AdminClient:
-    return AdminClient(_base(spec))
+    return AdminClient(_base(spec), logger=_logger("admin"))
