@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Aggregator", "SiteProcessor", "Topology", "__version__", "load_topology"]
+__all__ = ["Aggregator", "ModelSubscriber", "Scorer", "SiteProcessor", "Topology", "__version__", "load_topology"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from streamfed.site import SiteProcessor
 
         return SiteProcessor
+    if name in ("ModelSubscriber", "Scorer"):
+        from streamfed import serving
+
+        return getattr(serving, name)
     if name == "Aggregator":
         from streamfed.aggregation.aggregator import Aggregator
 

@@ -14,6 +14,7 @@ from streamfed.privacy.accountant import Mechanism, resolve
 from streamfed.privacy.secagg import secagg_params
 from streamfed.privacy.signing import FileKeyring
 from streamfed.serde.avro import default_registry
+from streamfed.serving import scoring_doc
 from streamfed.topology.spec import Topology
 
 
@@ -54,6 +55,7 @@ def build_aggregator(topo: Topology) -> Aggregator:
         energy=topo.energy,
         mechanism=mech.kind,
         noise_multiplier=mech.noise_multiplier,
+        scoring=scoring_doc(topo.model),
     )
     topics = AggregatorTopics(topo.updates_topic, topo.models_topic, topo.lineage_topic, topo.rejected_topic)
     verifier = FileKeyring({s.id: topo.public_key_path(s) for s in topo.sites})

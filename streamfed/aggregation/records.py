@@ -32,6 +32,7 @@ class ModelInfo:
     mechanism: str = "window_sum"
     noise_multiplier: float = 0.0  # updates declaring less are rejected (reason metadata)
     norm_limit: Callable[[int], float] | None = None  # largest honest L2 norm for a slot count
+    scoring: str | None = None  # what serving apps need to score raw records (streamfed.serving)
 
     def norm_bound(self, examples: int) -> float:
         return self.norm_limit(examples) if self.norm_limit is not None else self.max_update_norm
@@ -110,6 +111,7 @@ def version_record(
         "quality": {},
         "producer_id": meta.producer_id,
         "run_id": meta.run_id,
+        "scoring": model.scoring,
     }
 
 

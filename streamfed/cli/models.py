@@ -146,3 +146,51 @@ def export(
     export_npz(v, path)
     out.print(f"version {v['version']} ({len(v['params']) // 4} parameters) written to {path}")
     _ = np  # numpy is the format's reader
+
+
+@models_app.command("watch")
+def watch(
+    topology: TopologyOpt = "fraud",
+    bootstrap: BootstrapOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    count: Annotated[int | None, typer.Option(help="stop after this many versions")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+) -> None:
+    """Follow the models topic: the latest version first, then each new one as it is committed
+    (what a serving app sees through ``streamfed.serving.ModelSubscriber``)."""
+    import queue
+
+    from streamfed.serving import ModelSubscriber, Scorer
+
+    arrived: queue.Queue[Scorer] = queue.Queue()
+    try:
+        topo = load(topology, bootstrap, kafka=True)
+        sub = ModelSubscriber(topo.kafka, topo.model.name, topo.models_topic, on_version=arrived.put).start()
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    deadline = None if duration is None else time.monotonic() + duration
+    seen = 0
+    try:
+        while (count is None or seen < count) and (deadline is None or time.monotonic() < deadline):
+            try:
+                s = arrived.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen += 1
+            row = {
+                "model": s.model_name,
+                "version": s.version,
+                "created_ms": s.created_ms,
+                "params_sha256": s.params_sha256,
+                "num_params": int(s.params.size),
+                "features": len(s.featurizer.names),
+            }
+            if as_json:
+                print(json.dumps(row), flush=True)
+            else:
+                when = time.strftime("%H:%M:%S", time.localtime(s.created_ms / 1000))
+                print(f"{when} {s.model_name} v{s.version} sha256 {s.params_sha256[:12]} ({row['num_params']} params)")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()

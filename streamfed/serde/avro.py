@@ -44,10 +44,14 @@ class SchemaRegistry:
                 raise SchemaError(f'no Avro schema "{name}" in {self.schema_dir}; valid: {", ".join(known)}') from exc
             except (ValueError, fastavro.schema.SchemaParseException) as exc:
                 raise SchemaError(f"{path}: not a valid Avro schema: {exc}") from exc
-            fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
-            schema_id = int(fp[-8:], 16) & 0x7FFFFFFF
+            schema_id, fp = _local_id(parsed)
             self._by_name[name] = (schema_id, parsed, fp)
             self._by_id[schema_id] = parsed
+            # Earlier versions of the schema (history/<name>.<n>.avsc): records they wrote still
+            # decode, resolved to the current one (fields added since take their defaults).
+            for old in sorted((self.schema_dir / "history").glob(f"{name}.*.avsc")):
+                earlier = fastavro.parse_schema(json.loads(old.read_text()))
+                self._by_id.setdefault(_local_id(earlier)[0], earlier)
         schema_id, parsed, _ = self._by_name[name]
         return schema_id, parsed
 
@@ -61,6 +65,12 @@ class SchemaRegistry:
 
     def by_id(self, schema_id: int) -> Any | None:
         return self._by_id.get(schema_id)
+
+
+def _local_id(parsed: Any) -> tuple[int, str]:
+    """(schema id, CRC-64-AVRO fingerprint): the id is the fingerprint's low 31 bits."""
+    fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
+    return int(fp[-8:], 16) & 0x7FFFFFFF, fp
 
 
 @cache
