@@ -33,7 +33,3 @@ class BrokerError(StreamfedError):
 
 class SignatureError(StreamfedError):
     """A signed update does not verify against the site's public key."""
-
-
-class FencedError(BrokerError):
-    """Another process took this one's identity (static group member or transactional id)."""

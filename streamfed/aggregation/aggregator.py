@@ -28,17 +28,8 @@ from streamfed.aggregation.secure import SecureBuffer
 from streamfed.aggregation.transactions import TransactionalWriter
 from streamfed.aggregation.verify import Rejected, UpdateChecks
 from streamfed.energy import CpuClock
-from streamfed.errors import AggregationError, FencedError, SerializationError
-from streamfed.kafka.clients import (
-    admin_client,
-    aggregator_group,
-    make_consumer,
-    make_producer,
-    owns_identity,
-    raise_if_fatal,
-    singleton_consumer,
-    wait_joined,
-)
+from streamfed.errors import AggregationError, SerializationError
+from streamfed.kafka.clients import aggregator_group, make_consumer, make_producer, raise_if_fatal
 from streamfed.privacy.signing import UpdateVerifier
 from streamfed.registry.local import LocalRegistry
 from streamfed.registry.reader import read_latest
@@ -118,7 +109,6 @@ class Aggregator:
         self._labels = {"topology": model.topology}
         M.start_aggregator(model.topology, model.name)
         self._consumer: Consumer | None = None
-        self._fenced = False
         self._cluster_checked = 0.0
         self.state = AggregatorState(0, model.initial_params.astype(np.float32))
         self._processed: dict[str, int] = {}
@@ -154,17 +144,9 @@ class Aggregator:
         consumer.assign(partitions)
 
     def _open(self) -> None:
-        self._consumer = singleton_consumer(self.kafka, self.group_id)
+        self._consumer = make_consumer(self.kafka, self.group_id)
         cluster_id = self._consumer.list_topics(timeout=30).cluster_id or ""
         self._restore(cluster_id)
-        # Join the group first (a static member: a predecessor's identity is taken at once), then
-        # fence its transactional producer: a predecessor still running sees both and stops.
-        self._consumer.subscribe([self.topics.updates], on_assign=self._on_assign)
-        if not wait_joined(self._consumer):
-            log.warning("the aggregator has not joined its consumer group in 30 s; going on")
-        admin = admin_client(self.kafka)
-        consumer = self._consumer
-        self.txn.owner = lambda: owns_identity(admin, consumer, self.group_id)
         self.txn.start()
         self._announce()
         if self.secure is not None:
@@ -174,6 +156,7 @@ class Aggregator:
             self._secagg_out = make_producer(self.kafka)
             self._secagg_in = make_consumer(self.kafka, None)
             self._secagg_in.assign([TopicPartition(self.secagg_topic, 0, OFFSET_BEGINNING)])
+        self._consumer.subscribe([self.topics.updates], on_assign=self._on_assign)
 
     def _version(self, version: int, parent: int, params: np.ndarray, used: list[PendingUpdate]) -> dict[str, Any]:
         return version_record(
@@ -226,9 +209,6 @@ class Aggregator:
                 self._maybe_flush()
                 self.report.buffered = self._buffered()
                 M.AGG_BUFFER.labels(**self._labels).set(self.report.buffered)
-        except FencedError:
-            self._fenced = True  # another aggregator owns the topology now: leave its transactions alone
-            raise
         finally:
             self.report.seconds = time.monotonic() - t0
             self._close()
@@ -238,8 +218,6 @@ class Aggregator:
         return len(self.fedbuff.buffer) + (len(self.secure) if self.secure is not None else 0)
 
     def _close(self) -> None:
-        if self.txn.open and self._fenced:
-            self.txn.open = False  # its producer is fenced too: nothing to commit or abort
         if self.txn.open:
             if not self._buffered():
                 self._commit(self._working_state(self.state.version, self.state.params, self.state.opt))

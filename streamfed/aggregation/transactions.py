@@ -15,15 +15,11 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from streamfed.errors import FencedError
 from streamfed.kafka.clients import make_producer
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.topology.spec import KafkaSpec
 
 log = logging.getLogger(__name__)
-
-# librdkafka's codes for a producer fenced by a newer one with its transactional.id
-FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 
 # A transaction step that has not finished in this time is rolled back and redone (each takes
 # milliseconds on a healthy broker); a longer wait would only stall versions while updates pile up.
@@ -69,8 +65,6 @@ class TransactionalWriter:
         self.rejects: DeadLetterSink | None = None
         self.open = False
         self.started = 0.0
-        # False when another process owns this transactional id's role (None: cannot tell)
-        self.owner: Callable[[], bool | None] | None = None
 
     def _new(self) -> None:
         prod = make_producer(self.kafka, **{"transactional.id": self.transactional_id})
@@ -83,15 +77,8 @@ class TransactionalWriter:
     def start(self) -> None:
         self._new()
 
-    def replace(self, cause: BaseException | None = None) -> None:
-        """A new transactional producer (fencing the old one); retried until the broker answers.
-
-        Unless the old one was fenced by another process that now owns the topology (``owner``
-        says so): re-initialising would fence that one back, so :class:`FencedError` instead.
-        """
-        err = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
-        if isinstance(err, KafkaError) and err.code() in FENCED and self.owner is not None and self.owner() is False:
-            raise FencedError(f"the transactional id {self.transactional_id} belongs to a newer aggregator: {err}")
+    def replace(self) -> None:
+        """A new transactional producer (fencing the old one); retried until the broker answers."""
         while True:
             try:
                 self._new()
@@ -110,7 +97,7 @@ class TransactionalWriter:
             self.producer.begin_transaction()
         except KafkaException as exc:  # the producer is in a fatal or abortable state
             log.warning("cannot begin a transaction (%s); recreating the transactional producer", exc.args[0])
-            self.replace(exc)
+            self.replace()
             self.producer.begin_transaction()
         self.open = True
         self.started = time.monotonic()
@@ -143,7 +130,7 @@ class TransactionalWriter:
         err = exc.args[0]
         assert self.producer is not None
         if isinstance(err, KafkaError) and err.fatal():
-            self.replace(exc)
+            self.replace()
         else:
             try:
                 # Bounded: a producer that cannot abort in 15 s is replaced (re-init fences the old
@@ -151,7 +138,7 @@ class TransactionalWriter:
                 self.producer.abort_transaction(15)
             except KafkaException as abort_exc:
                 log.warning("abort failed (%s); recreating the transactional producer", abort_exc)
-                self.replace(abort_exc)
+                self.replace()
         self.open = False
 
     def abort(self, timeout_s: float = 30) -> None:

@@ -182,8 +182,7 @@ class KafkaCluster:
         cmd = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            self.cluster_id,
+            f"--cluster-id={self.cluster_id}",  # one argument: an id may start with "-"
             "-c",
             str(node.folder / "server.properties"),
             node=node,

@@ -26,7 +26,7 @@ from streamfed.cli.common import (
     stop_on_signals,
     write_json,
 )
-from streamfed.errors import FencedError, StreamfedError
+from streamfed.errors import StreamfedError
 
 log = logging.getLogger("streamfed.cli")
 
@@ -137,10 +137,7 @@ def site(
     except StreamfedError as exc:
         raise fail(exc) from exc
     stop_on_signals(proc.stop_event)
-    try:
-        report = proc.run(max_records=max_records, timeout_s=duration)
-    except FencedError as exc:  # a second process for this site took over: stop, clearly
-        raise fail(exc) from exc
+    report = proc.run(max_records=max_records, timeout_s=duration)
     write_json(summary_json, report.to_json())
     log.info("site=%s done: %s", site_id, report.to_json())
 
@@ -168,10 +165,7 @@ def aggregator(
     except StreamfedError as exc:
         raise fail(exc) from exc
     stop_on_signals(agg.stop_event)
-    try:
-        report = agg.run(max_versions=max_versions, timeout_s=duration)
-    except FencedError as exc:  # a second aggregator for this topology took over
-        raise fail(exc) from exc
+    report = agg.run(max_versions=max_versions, timeout_s=duration)
     write_json(summary_json, report.to_json())
     log.info("aggregator done: %s", report.to_json())
 

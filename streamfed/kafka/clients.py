@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from streamfed.errors import BrokerError, FencedError
+from streamfed.errors import BrokerError
 from streamfed.topology.spec import KafkaSpec
 
 log = logging.getLogger(__name__)
@@ -100,50 +99,13 @@ def aggregator_group(topology: str) -> str:
     return f"streamfed.{topology}.aggregator"
 
 
-def singleton_consumer(spec: KafkaSpec, group_id: str, **extra: Any) -> Consumer:
-    """A consumer that is its group's only member by design (the aggregator, a site's processor).
-
-    It joins as a static member (``group.instance.id``, KIP-345), so a restart after ``kill -9``
-    takes its partitions back at once instead of waiting ``session.timeout.ms`` for the dead
-    member to expire. A second process started with the same identity fences the first, which
-    then stops with :class:`~streamfed.errors.FencedError` (see :func:`raise_if_fatal`).
-    """
-    extra.setdefault("group.instance.id", group_id)
-    return make_consumer(spec, group_id, **extra)
-
-
 def raise_if_fatal(err: KafkaError, who: str) -> None:
-    """Stop on a fatal consumer error (another process took this one's static identity).
+    """Stop on a fatal consumer error instead of logging it for ever.
 
-    librdkafka reports it as ``_FATAL`` (whose ``fatal()`` is False) naming the broker's reason.
+    librdkafka reports one as ``_FATAL`` (whose ``fatal()`` is False) naming the broker's reason.
     """
-    if err.fatal() or err.code() in (KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID):
-        if err.code() == KafkaError.FENCED_INSTANCE_ID or "fenced" in str(err).lower():
-            raise FencedError(f"{who}: another process joined with this one's identity and fenced it: {err}")
+    if err.fatal() or err.code() == KafkaError._FATAL:
         raise BrokerError(f"{who}: fatal consumer error: {err}")
-
-
-def wait_joined(consumer: Consumer, timeout_s: float = 30.0) -> bool:
-    """Wait until a subscribed consumer is a member of its group (librdkafka joins in the background)."""
-    deadline = time.monotonic() + timeout_s
-    while not consumer.memberid():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def owns_identity(admin: AdminClient, consumer: Consumer, group_id: str, timeout_s: float = 10.0) -> bool | None:
-    """Whether the group's static member for ``group.instance.id == group_id`` is still ``consumer``
-    (False: another process took the identity; None: the broker did not say in time)."""
-    mine = consumer.memberid()
-    try:
-        desc = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id].result(timeout_s)
-    except KafkaException as exc:
-        log.warning("cannot describe group %s: %s", group_id, exc)
-        return None
-    holders = [m.member_id for m in desc.members if m.group_instance_id == group_id]
-    return not holders or mine in holders
 
 
 def admin_client(spec: KafkaSpec) -> AdminClient:

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from streamfed import metrics as M
 from streamfed.errors import SerializationError
-from streamfed.kafka.clients import make_consumer, raise_if_fatal, singleton_consumer, site_group
+from streamfed.kafka.clients import make_consumer, raise_if_fatal, site_group
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
@@ -101,7 +101,7 @@ class SiteProcessor:
             log.debug("unreadable librdkafka statistics: %s", exc)
 
     def _open(self) -> None:
-        self._consumer = singleton_consumer(
+        self._consumer = make_consumer(
             self.kafka,
             site_group(self.learner.topology, self.site_id),
             **{"statistics.interval.ms": 1000, "stats_cb": self._stats},
