@@ -146,8 +146,11 @@ class Aggregator:
     def _open(self) -> None:
         self._consumer = make_consumer(self.kafka, self.group_id)
         cluster_id = self._consumer.list_topics(timeout=30).cluster_id or ""
-        self._restore(cluster_id)
+        # The producer first: init_transactions aborts a killed predecessor's open transaction.
+        # Until then its offsets are pending in the group, and reading committed offsets (a stable
+        # read, KIP-447) waits for the transaction timeout (60 s) instead of answering.
         self.txn.start()
+        self._restore(cluster_id)
         self._announce()
         if self.secure is not None:
             assert self.secagg_topic is not None

@@ -286,3 +286,50 @@ def test_three_brokers_leader_killed_and_one_frozen(kafka: KafkaCluster, topolog
     _check_invariants(topo)
     _check_ledgers(topo)
     assert timings["leader killed"] < 120
+
+
+_DIES_IN_A_TRANSACTION = """
+import os, sys
+from confluent_kafka import Consumer, Producer, TopicPartition
+bootstrap, txn_id, group, topic, offset = sys.argv[1:6]
+p = Producer({"bootstrap.servers": bootstrap, "transactional.id": txn_id})
+p.init_transactions(30)
+p.begin_transaction()
+meta = Consumer({"bootstrap.servers": bootstrap, "group.id": group}).consumer_group_metadata()
+p.send_offsets_to_transaction([TopicPartition(topic, 0, int(offset))], meta, 30)
+print("in transaction", flush=True)
+os._exit(0)  # like kill -9: the transaction stays open, its offsets pending in the group
+"""
+
+
+def test_a_restart_after_a_kill_inside_a_transaction_resumes_at_once(
+    kafka: KafkaCluster, topology_factory, tmp_path: Path
+) -> None:
+    """The killed aggregator had sent its offsets into a transaction it never ended. A restart reads
+    committed offsets only after its own producer has aborted that transaction (a stable offset read
+    otherwise waits for the 60 s transaction timeout and the restart fails)."""
+    import sys
+
+    import numpy as np
+
+    from streamfed.aggregation.build import build_aggregator
+    from streamfed.aggregation.checkpoint import AggregatorState
+
+    _, topo = topology_factory("fraud", FAST)
+    provision_topology(topo)
+    for s in topo.sites:
+        write_keypair(topo.private_key_path(s), topo.public_key_path(s))
+    agg = build_aggregator(topo)
+    key = f"{topo.updates_topic}:0"
+    committed = AggregatorState(0, agg.model.initial_params.astype(np.float32))
+    pending = AggregatorState(1, agg.model.initial_params.astype(np.float32), offsets={key: 7})
+    Checkpoint(topo.home / "aggregator").write(committed, pending)  # as if killed before the commit
+    args = [kafka.bootstrap, agg.meta.producer_id, agg.group_id, topo.updates_topic, "7"]
+    cmd = [sys.executable, "-c", _DIES_IN_A_TRANSACTION, *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert "in transaction" in out.stdout, out.stderr
+    agg._open()  # raised "Failed to get committed offsets: Local: Timed out" when it read them first
+    try:
+        assert agg.state.version == 0  # the pending version's transaction never committed
+    finally:
+        agg._close()
