@@ -14,7 +14,6 @@ assignment: a ``predict`` call scores every record with the same version.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -24,13 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 
 from streamfed.errors import SerializationError, StreamfedError
-from streamfed.kafka.clients import make_consumer
 from streamfed.learners.features import Featurizer
 from streamfed.learners.federated import FederatedModel, LinearLogistic, sigmoid
-from streamfed.serde import params_from_bytes
+from streamfed.registry.reader import open_from_start
+from streamfed.serde import params_from_bytes, sha256_hex
 from streamfed.serde.avro import AvroCodec
 from streamfed.topology.spec import FeatureSpec, KafkaSpec, ModelSpec
 
@@ -74,7 +73,7 @@ class Scorer:
             raise SerializationError(f"version {rec.get('version')}: unreadable scoring section: {exc}") from exc
         if doc.get("format") != SCORING_FORMAT:
             raise SerializationError(f"scoring format {doc.get('format')}; this reader knows {SCORING_FORMAT}")
-        if hashlib.sha256(rec["params"]).hexdigest() != rec["params_sha256"]:
+        if sha256_hex(rec["params"]) != rec["params_sha256"]:
             raise SerializationError(f"version {rec['version']}: parameters do not match their SHA-256")
         featurizer = Featurizer(features, doc["label"])
         if featurizer.names != list(rec["feature_order"]):
@@ -132,12 +131,7 @@ class ModelSubscriber:
 
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> ModelSubscriber:
-        consumer = make_consumer(self.kafka, None, **{"enable.partition.eof": True})
-        md = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if md is None or md.error is not None:
-            consumer.close()
-            raise StreamfedError(f"models topic {self.topic} does not exist ({md.error if md else 'no metadata'})")
-        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in md.partitions])
+        consumer, _ = open_from_start(self.kafka, self.topic)
         self._thread = threading.Thread(target=self._run, args=(consumer,), name="streamfed-subscriber", daemon=True)
         self._thread.start()
         return self

@@ -63,10 +63,6 @@ class LibrdkafkaLog:
         self.logger.log(logging.WARNING if level >= logging.CRITICAL else logging.DEBUG, msg, *args, **kwargs)
 
 
-def _logger(name: str) -> LibrdkafkaLog:
-    return LibrdkafkaLog(name)
-
-
 def check_reachable(spec: KafkaSpec, timeout_s: float = 8.0) -> None:
     """Fail in ``timeout_s`` with one line naming the address when no broker answers there."""
     try:
@@ -82,20 +78,20 @@ def check_reachable(spec: KafkaSpec, timeout_s: float = 8.0) -> None:
 
 
 def make_producer(spec: KafkaSpec, **extra: Any) -> Producer:
-    return Producer(producer_config(spec, **extra), logger=_logger("producer"))
+    return Producer(producer_config(spec, **extra), logger=LibrdkafkaLog("producer"))
 
 
 def make_consumer(spec: KafkaSpec, group_id: str | None, **extra: Any) -> Consumer:
-    return Consumer(consumer_config(spec, group_id, **extra), logger=_logger("consumer"))
+    return Consumer(consumer_config(spec, group_id, **extra), logger=LibrdkafkaLog("consumer"))
 
 
 def site_group(topology: str, site_id: str) -> str:
-    """The consumer group (and static identity) of a site's processor."""
+    """The consumer group of a site's processor."""
     return f"streamfed.{topology}.site.{site_id}"
 
 
 def aggregator_group(topology: str) -> str:
-    """The consumer group (and static identity) of a topology's aggregator."""
+    """The consumer group (and transactional id) of a topology's aggregator."""
     return f"streamfed.{topology}.aggregator"
 
 
@@ -109,4 +105,4 @@ def raise_if_fatal(err: KafkaError, who: str) -> None:
 
 
 def admin_client(spec: KafkaSpec) -> AdminClient:
-    return AdminClient(_base(spec), logger=_logger("admin"))
+    return AdminClient(_base(spec), logger=LibrdkafkaLog("admin"))

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streamfed.errors import BrokerError, SerializationError
 from streamfed.kafka.clients import admin_client, make_consumer
@@ -20,6 +20,19 @@ from streamfed.serde.avro import AvroCodec
 from streamfed.topology.spec import KafkaSpec
 
 log = logging.getLogger(__name__)
+
+
+def open_from_start(kafka: KafkaSpec, topic: str) -> tuple[Consumer, list[int]]:
+    """A group-less read_committed consumer on every partition of ``topic`` from its start, which
+    reports each partition's end; raises :class:`BrokerError` when the topic does not exist."""
+    md = admin_client(kafka).list_topics(topic, timeout=10)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        raise BrokerError(f"topic {topic} does not exist ({t.error if t else 'no metadata'})")
+    parts = sorted(t.partitions)
+    consumer = make_consumer(kafka, None, **{"enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    return consumer, parts
 
 
 def read_topic(
@@ -30,13 +43,7 @@ def read_topic(
     Stops when every partition has reported its end since its last message; ``idle_s`` without
     any message or end-of-partition event is only a fallback for brokers that never report one.
     """
-    md = admin_client(kafka).list_topics(topic, timeout=10)
-    t = md.topics.get(topic)
-    if t is None or t.error is not None:
-        raise BrokerError(f"topic {topic} does not exist ({t.error if t else 'no metadata'})")
-    parts = sorted(t.partitions)
-    consumer = make_consumer(kafka, None, **{"enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    consumer, parts = open_from_start(kafka, topic)
     out: list[tuple[Any, dict[str, Any] | bytes | None]] = []
     done: set[int] = set()
     deadline = time.monotonic() + timeout_s

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from streamfed.aggregation.build import build_aggregator
-from streamfed.aggregation.records import VersionMeta, version_record
+from streamfed.aggregation.records import VersionMeta, cost, version_record
 from streamfed.errors import SerializationError
 from streamfed.learners.features import Featurizer
 from streamfed.learners.federated import build_federated_model, sigmoid
@@ -25,15 +25,6 @@ from streamfed.sources import TransactionSimulator
 from streamfed.topology import load_topology
 from streamfed.topology.loader import SCHEMA_DIR
 
-COST = {
-    "site_cpu_seconds": 0.0,
-    "site_gpu_seconds": 0.0,
-    "aggregator_cpu_seconds": 0.0,
-    "gpu_energy_joules_measured": None,
-    "energy_joules": 0.0,
-    "co2e_grams": 0.0,
-}
-
 
 def _version(tmp_path: Path, deep: bool) -> tuple[dict, object, list[dict]]:
     topo = load_topology("fraud", {"state_dir": str(tmp_path), "model": {"deep": {"enabled": deep}}})
@@ -42,7 +33,8 @@ def _version(tmp_path: Path, deep: bool) -> tuple[dict, object, list[dict]]:
     agg = build_aggregator(topo)
     model = build_federated_model(topo.model, device="cpu")
     params = np.random.default_rng(5).normal(0, 0.3, model.num_params).astype(np.float32)
-    rec = version_record(agg.model, VersionMeta("fedbuff", 1.0, "sgd", "p", "r"), 7, 6, params, [], COST)
+    meta = VersionMeta("fedbuff", 1.0, "sgd", "p", "r")
+    rec = version_record(agg.model, meta, 7, 6, params, [], cost(agg.model, [], 0.0))
     site = topo.sites[0]
     assert site.simulator is not None
     records = TransactionSimulator(site.id, site.simulator).batch(500, t=0.0)
