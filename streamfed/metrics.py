@@ -123,6 +123,18 @@ UPDATE_TO_VERSION = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 
+# Every process
+READY = Gauge(
+    "streamfed_process_ready",
+    "1 once the process is in its main loop (built, state restored, consumers open)",
+    ["topology", "component", "site"],
+)
+BUILD_INFO = Gauge(
+    "streamfed_build_info",
+    "Always 1; the labels say what is running",
+    ["version", "python", "confluent_kafka", "librdkafka"],
+)
+
 # Simulator / replay
 PRODUCED = Counter("streamfed_source_records_produced_total", "Records produced to site topics", ["topology", "site"])
 
@@ -132,9 +144,30 @@ def serve(port: int | None) -> int | None:
     if port is None:
         return None
     server, _ = start_http_server(port)
+    _build_info()
     bound = int(server.server_address[1])
     log.info("metrics on http://127.0.0.1:%d/metrics", bound)
     return bound
+
+
+def _build_info() -> None:
+    import platform
+
+    import confluent_kafka
+
+    from streamfed import __version__
+
+    BUILD_INFO.labels(
+        version=__version__,
+        python=platform.python_version(),
+        confluent_kafka=confluent_kafka.version()[0],
+        librdkafka=confluent_kafka.libversion()[0],
+    ).set(1)
+
+
+def ready(topology: str, component: str, site: str = "") -> None:
+    """Mark this process ready (``streamfed up`` starts the data sources once every process is)."""
+    READY.labels(topology=topology, component=component, site=site).set(1)
 
 
 # Every reason the aggregator rejects an update for (``Rejected.reason``).

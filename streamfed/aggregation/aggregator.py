@@ -191,6 +191,7 @@ class Aggregator:
     def run(self, max_versions: int | None = None, timeout_s: float | None = None) -> AggregatorReport:
         self._open()
         assert self._consumer is not None
+        M.ready(self._labels["topology"], "aggregator")
         t0 = time.monotonic()
         try:
             while not self.stop_event.is_set():

@@ -68,6 +68,56 @@ def validate(file: Annotated[str, typer.Argument(help="topology YAML file or nam
     )
 
 
+@topology_app.command("init")
+def init(
+    from_csv: Annotated[Path, typer.Option("--from-csv", help="CSV file (.gz read as gzip) to draft from")],
+    label: Annotated[str, typer.Option(help="column holding the label")],
+    site_column: Annotated[
+        str | None, typer.Option(help="column whose values are the sites (one site per value; default: one site)")
+    ] = None,
+    positive: Annotated[
+        list[str] | None, typer.Option(help="label value meaning positive (repeatable; default: inferred)")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="topology name (default: from the file name)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="where to write NAME.yaml and NAME.avsc")] = Path(
+        "."
+    ),
+    separator: Annotated[str | None, typer.Option(help="column separator (default: sniffed)")] = None,
+    rate: Annotated[float, typer.Option(help="records per second each site replays")] = 200.0,
+    drop: Annotated[
+        list[str] | None, typer.Option(help="column to leave out (repeatable), e.g. one known only after the label")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace existing files")] = False,
+) -> None:
+    """Draft a topology and its Avro record schema from a CSV's header and values, then validate them."""
+    from streamfed.topology.draft import draft_from_csv, write_draft
+
+    try:
+        draft = draft_from_csv(
+            from_csv,
+            out_dir,
+            label=label,
+            name=name,
+            site_column=site_column,
+            positive=positive,
+            separator=separator,
+            rate=rate,
+            drop=drop,
+        )
+        topo_file, schema_file = write_draft(draft, from_csv, out_dir, force)
+        topo = load(str(topo_file))
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    for note in draft.notes:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    out.print(
+        f"wrote {topo_file} ({len(topo.sites)} site(s), {len(topo.model.features.names())} features) and "
+        f"{schema_file}; review them, then: streamfed up {topo_file}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @keys_app.command("generate")
 def generate(
     topology: TopologyOpt = "fraud",

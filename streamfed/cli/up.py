@@ -50,11 +50,21 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def ready(self) -> bool:
+        """In its main loop (its ``streamfed_process_ready`` gauge, from its last scrape)."""
+        return any(k.startswith("streamfed_process_ready") and v >= 1 for k, v in self.samples.items())
+
+    def terminate(self) -> None:
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+
     def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (if still running), then wait up to ``timeout_s`` before a kill."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -76,16 +86,15 @@ class Child:
         samples: dict[str, float] = {}
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
-                key = s.name + (
-                    "{"
-                    + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k not in ("topology", "site"))
-                    + "}"
-                    if s.labels
-                    else ""
-                )
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k not in ("topology", "site"))
+                key = f"{s.name}{{{labels}}}" if labels else s.name
                 samples[key] = samples.get(key, 0.0) + s.value
         self.samples = samples
         return samples
+
+
+# Seconds a stopping process of each kind gets before it is killed: above its own flush bounds.
+GRACE_S = {"source": 45.0, "site": 40.0, "aggregator": 60.0}
 
 
 def _cli() -> list[str]:
@@ -282,13 +291,19 @@ def summarize(
 
 def up(
     topology: Annotated[str, typer.Argument(help="topology name (in topologies/) or YAML path")] = "fraud",
-    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: Ctrl-C)")] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="stop this many seconds after every process is ready and the data starts (default: Ctrl-C)"),
+    ] = None,
     bootstrap: Annotated[
         str | None, typer.Option(help="use this Kafka instead of starting the embedded broker")
     ] = None,
     summary_json: Annotated[Path | None, typer.Option(help="write the run's JSON summary here")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="checkpoints/ledgers/keys (default: a new run folder)")] = None,
     live: Annotated[bool, typer.Option(help="show the live progress table")] = True,
+    ready_timeout: Annotated[
+        float, typer.Option(help="give up when the aggregator and sites are not all ready after this many seconds")
+    ] = 180.0,
 ) -> None:
     """Run the whole loop on this machine: broker, aggregator, every site and the data sources."""
     from streamfed.broker import EmbeddedBroker
@@ -321,11 +336,16 @@ def up(
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    # seconds since the command started: broker up and topics made, every process ready (the data
+    # starts), first record learned, first version committed, stop asked, everything stopped
+    timeline: dict[str, float] = {"started": time.monotonic() - t0}
     for c in children:
-        c.start()
+        if c.kind != "source":
+            c.start()
     failed: list[str] = []
     last: dict[str, tuple[float, float]] = {}
     rates: dict[str, float] = {}
+    sources_started = False
     try:
         with (
             Live(_table(children, 0, rates), console=out, refresh_per_second=2, transient=False)
@@ -333,8 +353,23 @@ def up(
             else _NullLive() as view
         ):
             while not stop["flag"]:
-                elapsed = time.monotonic() - t0
-                if duration is not None and elapsed >= duration:
+                now = time.monotonic() - t0
+                if not sources_started:
+                    if all(c.ready for c in children if c.kind != "source"):
+                        # every process is in its loop: the data starts, and so does --duration
+                        timeline["ready"] = now
+                        console.print(f"every process ready after {now:.1f} s; sources start", highlight=False)
+                        for c in children:
+                            if c.kind == "source":
+                                c.start()
+                        sources_started = True
+                    elif now > ready_timeout:
+                        waiting = [c.name for c in children if c.kind != "source" and not c.ready]
+                        console.print(f"[red]not ready after {ready_timeout:.0f} s: {', '.join(waiting)}[/red]")
+                        failed.extend(w for w in waiting if w not in failed)
+                        break
+                elapsed = now - timeline.get("ready", now)
+                if duration is not None and sources_started and elapsed >= duration:
                     break
                 for c in children:
                     if c.kind != "source" and not c.alive and c.name not in failed:
@@ -343,30 +378,82 @@ def up(
                             f"[red]{c.name} exited with code {c.proc.returncode if c.proc else '?'}; see {c.log}[/red]"
                         )
                     s = c.scrape()
+                    if c.kind == "site" and s.get("streamfed_site_records_total", 0) > 0:
+                        timeline.setdefault("first_record", now)
+                    if c.kind == "aggregator" and any(
+                        k.startswith("streamfed_aggregator_versions_total") and v > 0 for k, v in s.items()
+                    ):
+                        timeline.setdefault("first_version", now)
                     if c.kind == "site" and "streamfed_site_records_total" in s:
-                        now, n = time.monotonic(), s["streamfed_site_records_total"]
+                        t_scrape, n = time.monotonic(), s["streamfed_site_records_total"]
                         if c.name in last:
-                            dt = now - last[c.name][0]
+                            dt = t_scrape - last[c.name][0]
                             if dt > 0:
                                 rates[c.name] = (n - last[c.name][1]) / dt
-                        last[c.name] = (now, n)
+                        last[c.name] = (t_scrape, n)
                 view.update(_table(children, elapsed, rates))
-                time.sleep(1.0)
+                if failed and not sources_started:
+                    break  # a process died before the data started: nothing to wait for
+                time.sleep(0.25 if not sources_started else 1.0)
     finally:
+        timeline["stop"] = time.monotonic() - t0
         for kind in ("source", "site", "aggregator"):
-            for c in children:
-                if c.kind == kind:
-                    code = c.stop()
-                    if code not in (0, None, -signal.SIGTERM) and c.name not in failed:
-                        failed.append(c.name)
+            # each kind stops in parallel, with a grace above its own flush bounds (sources 30 s,
+            # sites 2 x 10 s, the aggregator's last commit or abort 30 s): a healthy process is never killed
+            group = [c for c in children if c.kind == kind and c.proc is not None]
+            for c in group:
+                c.terminate()
+            for c in group:
+                code = c.stop(GRACE_S[kind])
+                if code not in (0, None, -signal.SIGTERM) and c.name not in failed:
+                    failed.append(c.name)
         if broker:
             broker.stop()
+        timeline["stopped"] = time.monotonic() - t0
     summary = summarize(children, failed, time.monotonic() - t0, bootstrap, run_dir)
+    summary["timeline_seconds"] = {k: round(v, 1) for k, v in timeline.items()}
+    summary["duration_seconds"] = round(timeline["stop"] - timeline.get("ready", timeline["stop"]), 1)
+    summary["notes"] = explain(summary, topo)
     write_json(run_dir / "summary.json", summary)
     write_json(summary_json, summary)
     out.print_json(json.dumps(summary))
+    for note in summary["notes"]:
+        console.print(f"[yellow]{note}[/yellow]", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def explain(summary: dict[str, Any], topo: Any) -> list[str]:
+    """Why a run made no version (or less than it should), from its own figures."""
+    notes: list[str] = []
+    if summary["failed"]:
+        notes.append(f"failed: {', '.join(summary['failed'])} (their logs are in {summary['run_dir']}/logs)")
+    if summary["model_versions"] > 0:
+        return notes
+    records = sum(s["records"] for s in summary["sites"].values())
+    if "ready" not in summary.get("timeline_seconds", {}):
+        notes.append("no version: the aggregator and sites never became ready, so no data was produced")
+    elif summary["transactions"] == 0:
+        notes.append("no version: the sources produced no records")
+    elif records == 0:
+        notes.append(f"no version: {summary['transactions']} records were produced but no site read any")
+    elif summary["updates_published"] == 0:
+        notes.append(
+            f"no version: the sites read {records} records but published no update; a site publishes after "
+            f"{topo.update.every_records} labelled records or {topo.update.every_seconds:g} s with at least "
+            f"{topo.update.min_records} (update.*); run longer or lower them"
+        )
+    elif summary["updates_accepted"] == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["rejected_reasons"].items()) or "none recorded"
+        notes.append(
+            f"no version: {summary['updates_published']} updates published, none accepted (rejected: {reasons})"
+        )
+    else:
+        notes.append(
+            f"no version: {summary['updates_accepted']} updates accepted, {summary['updates_buffered']} still "
+            f"buffered; a version needs aggregation.buffer_size = {topo.aggregation.buffer_size}"
+        )
+    return notes
 
 
 class _NullLive:

@@ -19,7 +19,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 from streamfed.errors import SchemaError, SerializationError
-from streamfed.topology.loader import SCHEMA_DIR
+from streamfed.topology.loader import SCHEMA_DIR, is_schema_path
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -34,12 +34,15 @@ class SchemaRegistry:
         self._by_id: dict[int, Any] = {}
 
     def load(self, name: str) -> tuple[int, Any]:
-        """Return ``(schema_id, parsed_schema)`` of ``schemas/avro/<name>.avsc``."""
+        """Return ``(schema_id, parsed_schema)`` of ``schemas/avro/<name>.avsc``, or of the .avsc file
+        ``name`` when it is a path (a user's own record schema; its history/ sits next to it)."""
         if name not in self._by_name:
-            path = self.schema_dir / f"{name}.avsc"
+            path = Path(name) if is_schema_path(name) else self.schema_dir / f"{name}.avsc"
             try:
                 parsed = fastavro.parse_schema(json.loads(path.read_text()))
             except FileNotFoundError as exc:
+                if is_schema_path(name):
+                    raise SchemaError(f"no Avro schema file {path}") from exc
                 known = sorted(p.stem for p in self.schema_dir.glob("*.avsc"))
                 raise SchemaError(f'no Avro schema "{name}" in {self.schema_dir}; valid: {", ".join(known)}') from exc
             except (ValueError, fastavro.schema.SchemaParseException) as exc:
@@ -49,7 +52,7 @@ class SchemaRegistry:
             self._by_id[schema_id] = parsed
             # Earlier versions of the schema (history/<name>.<n>.avsc): records they wrote still
             # decode, resolved to the current one (fields added since take their defaults).
-            for old in sorted((self.schema_dir / "history").glob(f"{name}.*.avsc")):
+            for old in sorted((path.parent / "history").glob(f"{path.stem}.*.avsc")):
                 earlier = fastavro.parse_schema(json.loads(old.read_text()))
                 self._by_id.setdefault(_local_id(earlier)[0], earlier)
         schema_id, parsed, _ = self._by_name[name]

@@ -171,6 +171,7 @@ class SiteProcessor:
         """Process until stopped, ``max_records`` consumed, or ``timeout_s`` passed."""
         self._open()
         assert self._consumer is not None
+        M.ready(self.learner.topology, "site", self.site_id)
         t0 = time.monotonic()
         batch = self.batch_size  # windows are cut by position inside the learner, whatever the batch
         try:

@@ -17,8 +17,23 @@ from streamfed.errors import ConfigError
 from streamfed.topology.spec import Topology
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOPOLOGY_DIRS = (Path("topologies"), REPO_ROOT / "topologies")
-SCHEMA_DIR = REPO_ROOT / "schemas" / "avro"
+
+
+def _resource_root() -> Path:
+    """Where the shipped topologies and schemas are: ``streamfed/_data`` in an installed wheel (the
+    build copies them there), else the repository root (a checkout or an editable install)."""
+    packaged = Path(__file__).resolve().parents[1] / "_data"
+    return packaged if (packaged / "schemas").is_dir() else REPO_ROOT
+
+
+RESOURCES = _resource_root()
+TOPOLOGY_DIRS = (Path("topologies"), RESOURCES / "topologies")
+SCHEMA_DIR = RESOURCES / "schemas" / "avro"
+
+
+def is_schema_path(record_schema: str) -> bool:
+    """``model.record_schema`` names a file (``my_record.avsc``, ``schemas/x.avsc``), not a shipped schema."""
+    return record_schema.endswith(".avsc") or "/" in record_schema or "\\" in record_schema
 
 
 def resolve_topology_path(name_or_path: str | Path) -> Path:
@@ -86,14 +101,33 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def schema_fields(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
-    """Field name -> Avro type of a record schema in ``schemas/avro``."""
+def schema_path(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> Path:
+    """The .avsc file of a record schema: a path as given, or a shipped schema's name."""
+    if is_schema_path(schema_name):
+        path = Path(schema_name)
+        if not path.is_file():
+            raise ConfigError(f"model.record_schema: schema file {path} does not exist")
+        return path
     path = schema_dir / f"{schema_name}.avsc"
     if not path.exists():
         known = sorted(p.stem for p in schema_dir.glob("*.avsc"))
-        raise ConfigError(f'model.record_schema: unknown schema "{schema_name}"; valid: {", ".join(known)}')
-    doc = json.loads(path.read_text())
-    return {f["name"]: f["type"] for f in doc.get("fields", [])}
+        raise ConfigError(
+            f'model.record_schema: unknown schema "{schema_name}"; valid: {", ".join(known)}, '
+            "or a path to an .avsc file (relative to the topology file)"
+        )
+    return path
+
+
+def schema_fields(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
+    """Field name -> Avro type of a record schema (a shipped one's name or an .avsc path)."""
+    path = schema_path(schema_name, schema_dir)
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"model.record_schema: {path} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("type") != "record" or not isinstance(doc.get("fields"), list):
+        raise ConfigError(f"model.record_schema: {path} is not an Avro record schema (type record, with fields)")
+    return {f["name"]: f["type"] for f in doc["fields"]}
 
 
 def _check_against_schema(topo: Topology, source: str) -> None:
@@ -141,7 +175,8 @@ def _expand_env(kafka: dict[str, Any], source: str) -> None:
 def load_topology(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Topology:
     """Read, merge ``overrides`` into, and validate a topology file.
 
-    Relative paths inside the file (data sources, keys) are resolved against the file's folder;
+    Relative paths inside the file (data sources, keys, a record schema given as a path) are
+    resolved against the file's folder;
     ``state_dir`` is resolved against the working directory.
     """
     file = resolve_topology_path(path)
@@ -155,6 +190,10 @@ def load_topology(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     if isinstance(data.get("kafka"), dict):
         _expand_env(data["kafka"], str(file))
     base = file.resolve().parent
+    model = data.get("model")
+    schema = model.get("record_schema") if isinstance(model, dict) else None
+    if isinstance(schema, str) and is_schema_path(schema) and not Path(schema).is_absolute():
+        model["record_schema"] = str((base / schema).resolve())
     for site in data.get("sites") or []:
         if not isinstance(site, dict):
             continue

@@ -146,7 +146,10 @@ class BlendSpec(Frozen):
 class ModelSpec(Frozen):
     name: Name = Field(description="model name: the key on the models topic")
     task: Literal["binary_classification"] = "binary_classification"
-    record_schema: str = Field(description="Avro schema name: schemas/avro/<record_schema>.avsc")
+    record_schema: str = Field(
+        description="a shipped Avro schema's name (schemas/avro/<name>.avsc) or the path of your own .avsc "
+        "file, relative to the topology file"
+    )
     label: str = Field(description="record field holding the label (nullable boolean: null = not yet known)")
     features: FeatureSpec
     online: OnlineSpec = OnlineSpec()
