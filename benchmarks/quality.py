@@ -68,9 +68,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "server adam lr 0.01": {"aggregation": {"server_optimizer": "adam", "server_learning_rate": 0.01}},
     "served prior 1/13": {"model": {"blend": {"prior_first": 1 / 13}}},  # uniform over the 13 experts
     "served prior 0.6": {"model": {"blend": {"prior_first": 0.6}}},
-    "served calibration prior 1": {"model": {"blend": {"calibration_prior": 1.0}}},
+    "served calibration prior 5": {"model": {"blend": {"calibration_prior": 5.0}}},  # the default before 1
     "served calibration prior 2": {"model": {"blend": {"calibration_prior": 2.0}}},
     "served calibration prior 0.5": {"model": {"blend": {"calibration_prior": 0.5}}},
+    "served grid 5": {"model": {"blend": {"grid": 5}}},
+    "served grid 3": {"model": {"blend": {"grid": 3}}},
     "linear model": {"model": {"deep": {"enabled": False}}},
     "window x2": {"update": {"every_records": "x2"}},
     "window /2": {"update": {"every_records": "/2"}},

@@ -118,6 +118,29 @@ def init(
     )
 
 
+@topology_app.command("graph")
+def graph(
+    file: Annotated[str, typer.Argument(help="topology YAML file or name")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="mermaid or svg")] = "mermaid",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here (default: stdout)")] = None,
+) -> None:
+    """Draw the topology: sources, topics, sites, the aggregator and the models topic (Mermaid or SVG)."""
+    from streamfed.topology.graph import mermaid, svg
+
+    if fmt not in ("mermaid", "svg"):
+        raise fail(StreamfedError(f"--format {fmt}: valid: mermaid, svg"))
+    try:
+        topo = load(file)
+    except StreamfedError as exc:
+        raise fail(exc) from exc
+    text = svg(topo) if fmt == "svg" else mermaid(topo)
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text)
+        out.print(f"wrote {output}", highlight=False)
+
+
 @keys_app.command("generate")
 def generate(
     topology: TopologyOpt = "fraud",

@@ -136,7 +136,7 @@ class BlendSpec(Frozen):
         5000, gt=0, description="labelled records after which a past loss counts half (follows drift)"
     )
     calibration_prior: PositiveFloat = Field(
-        5.0, description="weight, in records, of the prior (scale 1, bias 0) of each blend's online Platt scaling"
+        1.0, description="weight, in records, of the prior (scale 1, bias 0) of each blend's online Platt scaling"
     )
     prior_first: float = Field(
         0.3, gt=0, lt=1, description="prior weight of the first model alone (the personal one): regret to it ln(1/w)"
