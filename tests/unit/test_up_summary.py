@@ -3,6 +3,7 @@ run made no version, and the HTML report's charts."""
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,7 @@ def test_the_report_draws_each_site_s_auc_and_epsilon() -> None:
         record(h, {"streamfed_site_prequential_auc{model=served}": 0.5 + t / 10, "streamfed_site_epsilon_spent": t}, t)
     assert h["auc"]["served"][-1] == (4, 0.9) and len(h["epsilon"]["epsilon"]) == 5
     page = run_report(_summary(model_versions=2), {"a": h}, "run")
-    charts = [
-        ET.fromstring(c + "</svg>") for c in page.split("</svg>")[:-1] if "<svg" in c for c in [c[c.index("<svg") :]]
-    ]
+    charts = [ET.fromstring(svg) for svg in re.findall(r"<svg.*?</svg>", page, re.S)]
     assert len(charts) == 2
     ns = "{http://www.w3.org/2000/svg}"
     assert len(charts[0].findall(f"{ns}polyline")) == 1 and len(charts[1].findall(f"{ns}polyline")) == 1
