@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,13 +32,40 @@ SummaryOpt = Annotated[Path | None, typer.Option("--summary-json", help="write a
 DurationOpt = Annotated[float | None, typer.Option("--duration", help="stop after this many seconds")]
 
 
+LOG_FORMATS = ("text", "json")
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, process, and the
+    exception's traceback when there is one (for log shippers: Loki, Elasticsearch, Cloud Logging)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr at ``STREAMFED_LOG_LEVEL``, as text or, with ``STREAMFED_LOG_FORMAT=json`` (set by
+    ``streamfed --log-format json``, inherited by the processes ``up`` starts), as JSON lines."""
     level = (
         logging.DEBUG
         if verbose
         else getattr(logging, os.environ.get("STREAMFED_LOG_LEVEL", "INFO").upper(), logging.INFO)
     )
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("STREAMFED_LOG_FORMAT", "text") == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def load(topology: str, bootstrap: str | None = None, state_dir: Path | None = None, kafka: bool = False) -> Topology:

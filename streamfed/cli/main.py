@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
 
 from streamfed.cli import services
+from streamfed.cli.common import LOG_FORMATS
 from streamfed.cli.config import keys_app, topology_app
 from streamfed.cli.models import models_app
 from streamfed.cli.privacy import privacy_app
@@ -17,6 +21,19 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object per log line (inherited by what `up` starts)")
+    ] = os.environ.get("STREAMFED_LOG_FORMAT", "text"),
+) -> None:
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"{log_format!r}; valid: {', '.join(LOG_FORMATS)}", param_hint="--log-format")
+    os.environ["STREAMFED_LOG_FORMAT"] = log_format
+
+
 app.command("up")(up)
 app.command("broker")(services.broker)
 app.command("provision")(services.provision)

@@ -53,7 +53,7 @@ def test_every_panel_queries_only_metrics_streamfed_exports() -> None:
         names = metric_names_in(expr)
         assert names <= exported, f"panel {title!r} queries {sorted(names - exported)}, not in streamfed.metrics"
         used |= names
-    for var in doc["templating"]["list"]:
+    for var in (v for v in doc["templating"]["list"] if v["type"] == "query"):
         names = metric_names_in(var["definition"])
         assert names and names <= exported, var["name"]
     # the panels the operations guide describes
@@ -87,8 +87,26 @@ def test_provisioning_points_at_the_compose_prometheus_and_dashboard_folder() ->
     ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (source,) = ds["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    uids = {t["datasource"]["uid"] for p in panels(dashboard()) for t in p.get("targets", []) if "datasource" in t}
-    assert uids == {source["uid"]}
+    # every query goes through the dashboard's data-source variable, so the dashboard imports into
+    # another Grafana without edits; the provisioned source is the default, so here it picks that one
+    assert source["isDefault"] is True
+    doc = dashboard()
+    (var,) = [v for v in doc["templating"]["list"] if v["type"] == "datasource"]
+    assert var["name"] == "datasource" and var["query"] == "prometheus"
+    uids = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            if isinstance(x.get("datasource"), dict):
+                uids.add(x["datasource"].get("uid"))
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(doc)
+    assert uids - {"-- Grafana --"} == {"${datasource}"}  # the built-in annotation source aside
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "streamfed.yml").read_text())
     (provider,) = providers["providers"]
     grafana = load_compose()["services"]["grafana"]

@@ -11,11 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
+from streamfed.topology.loader import REPO_ROOT
 from tests.deploy.helpers import PROMETHEUS_DIR, RULES_FILE
 from tests.deploy.metric_names import exported_metric_names, metric_names_in
 
 TESTS_DIR = PROMETHEUS_DIR / "tests"
 REQUIRED_ALERTS = {
+    "SiteUpdatesDropped",
+    "SiteUpdatesPending",
+    "SiteProducerRebuilds",
     "PrivacyBudgetNearExhaustion",
     "PrivacyBudgetExhausted",
     "SiteSilent",
@@ -75,6 +79,15 @@ def test_the_required_alerts_exist_with_severity_and_annotations_naming_the_site
             assert {"summary", "description"} <= set(a["annotations"]), a["alert"]
             if group["name"] in site_groups:
                 assert "$labels.site" in a["annotations"]["summary"], a["alert"]
+
+
+def test_every_alert_links_its_runbook_row_in_the_operations_doc() -> None:
+    doc = (REPO_ROOT / "docs" / "operations.md").read_text()
+    for a in alerts(rules_doc()):
+        url = a["annotations"].get("runbook_url", "")
+        assert url == f"docs/operations.md#alert-{a['alert'].lower()}", a["alert"]
+        row = f'| <a id="alert-{a["alert"].lower()}"></a>`{a["alert"]}` | {a["labels"]["severity"]} |'
+        assert row in doc, f"docs/operations.md has no row {row!r}"
 
 
 def test_every_alert_has_a_firing_and_a_non_firing_case() -> None:
