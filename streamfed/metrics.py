@@ -1,7 +1,9 @@
 """Every Prometheus metric StreamFed exports, declared in one place.
 
 Names follow ``streamfed_<component>_<what>_<unit>``; counters end in ``_total``; labels are
-``topology``, ``site``, ``model`` and, where needed, ``reason`` or ``partition``.
+``topology``, ``site``, ``model`` (the model's name), ``predictor`` (at a site: ``served``, ``local``
+for the personal model, ``global``), ``component`` and, where needed, ``reason``, ``partition`` or
+``device``. A label name means one thing in every component.
 """
 
 from __future__ import annotations
@@ -11,6 +13,22 @@ import logging
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
+
+# Every label name any StreamFed metric uses, and what it means (the same in every component).
+LABELS = {
+    "topology": "the topology's name",
+    "site": "a site's id",
+    "model": "the model's name (model.name): the key on the models topic",
+    "predictor": "what a site scores with: served (the blend), local (the personal model) or global",
+    "component": "aggregator, site or source",
+    "reason": "why a record was dead-lettered or an update rejected",
+    "partition": "a Kafka partition number",
+    "device": "where the deep learner's step ran: cpu or cuda",
+    "version": "StreamFed's version",
+    "python": "the Python version",
+    "confluent_kafka": "the confluent-kafka version",
+    "librdkafka": "the librdkafka version",
+}
 
 # Site
 SITE_RECORDS = Counter("streamfed_site_records_total", "Records consumed and decoded", ["topology", "site"])
@@ -34,7 +52,7 @@ SITE_BUDGET_EXHAUSTED = Gauge(
     "streamfed_site_budget_exhausted", "1 when the site stopped publishing for lack of budget", ["topology", "site"]
 )
 SITE_AUC = Gauge(
-    "streamfed_site_prequential_auc", "Prequential ROC AUC over a sliding window", ["topology", "site", "model"]
+    "streamfed_site_prequential_auc", "Prequential ROC AUC over a sliding window", ["topology", "site", "predictor"]
 )
 SITE_SERVED_WEIGHT = Gauge(
     "streamfed_site_served_personal_weight",
@@ -42,7 +60,9 @@ SITE_SERVED_WEIGHT = Gauge(
     ["topology", "site"],
 )
 SITE_LOGLOSS = Gauge(
-    "streamfed_site_prequential_logloss", "Prequential log loss over a sliding window", ["topology", "site", "model"]
+    "streamfed_site_prequential_logloss",
+    "Prequential log loss over a sliding window",
+    ["topology", "site", "predictor"],
 )
 SITE_DRIFT = Counter(
     "streamfed_site_drift_detected_total",

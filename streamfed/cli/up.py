@@ -58,9 +58,9 @@ def _table(children: list[Child], elapsed: float, rates: dict[str, float]) -> Ta
             f"{dead:.0f}",
             g("streamfed_site_updates_published_total"),
             g("streamfed_site_epsilon_spent", "{:.2f}"),
-            g("streamfed_site_prequential_auc{model=served}", "{:.3f}"),
-            g("streamfed_site_prequential_auc{model=local}", "{:.3f}"),
-            g("streamfed_site_prequential_auc{model=global}", "{:.3f}"),
+            g("streamfed_site_prequential_auc{predictor=served}", "{:.3f}"),
+            g("streamfed_site_prequential_auc{predictor=local}", "{:.3f}"),
+            g("streamfed_site_prequential_auc{predictor=global}", "{:.3f}"),
             g("streamfed_site_base_version"),
         )
     if agg is not None:

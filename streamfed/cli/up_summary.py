@@ -58,9 +58,9 @@ def summarize(
 
 
 _SERIES = {
-    "served": "streamfed_site_prequential_auc{model=served}",
-    "personal": "streamfed_site_prequential_auc{model=local}",
-    "global": "streamfed_site_prequential_auc{model=global}",
+    "served": "streamfed_site_prequential_auc{predictor=served}",
+    "personal": "streamfed_site_prequential_auc{predictor=local}",
+    "global": "streamfed_site_prequential_auc{predictor=global}",
 }
 
 

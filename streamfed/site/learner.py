@@ -259,9 +259,9 @@ class SiteLearner:
         for name, win in windows:
             auc, ll = win.get_auc(), win.get_logloss()
             if auc is not None:
-                M.SITE_AUC.labels(**self.labels, model=name).set(auc)
+                M.SITE_AUC.labels(**self.labels, predictor=name).set(auc)
             if ll is not None:
-                M.SITE_LOGLOSS.labels(**self.labels, model=name).set(ll)
+                M.SITE_LOGLOSS.labels(**self.labels, predictor=name).set(ll)
         self.report.auc = self.served_metrics.get_auc()
         self.report.local_auc = self.local_metrics.get_auc()
         self.report.global_auc = self.global_metrics.get_auc()

@@ -76,7 +76,7 @@ def test_every_panel_queries_only_metrics_streamfed_exports() -> None:
 def test_auc_is_shown_for_the_local_and_the_global_model_and_histograms_by_bucket() -> None:
     all_exprs = [e for _, e in exprs(dashboard())]
     auc = [e for e in all_exprs if "streamfed_site_prequential_auc" in e]
-    assert any('model="local"' in e for e in auc) and any('model="global"' in e for e in auc)
+    assert any('predictor="local"' in e for e in auc) and any('predictor="global"' in e for e in auc)
     for hist in ("streamfed_aggregator_staleness", "streamfed_update_to_version_seconds", "streamfed_gpu_step_seconds"):
         uses = [e for e in all_exprs if hist in e]
         assert uses and all(f"{hist}_bucket" in e for e in uses), hist

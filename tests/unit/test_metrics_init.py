@@ -28,3 +28,18 @@ def test_start_aggregator_and_site_create_zero_series() -> None:
         )
         assert value == 0.0, reason
     assert REGISTRY.get_sample_value("streamfed_site_records_total", {"topology": "metrics-init", "site": "s1"}) == 0.0
+
+
+def test_every_label_name_is_declared_once_with_its_meaning() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    used: dict[str, set[str]] = {}
+    for name, obj in vars(M).items():
+        if isinstance(obj, MetricWrapperBase):
+            for label in obj._labelnames:
+                used.setdefault(label, set()).add(name)
+    assert used, "no metrics found"
+    undeclared = set(used) - set(M.LABELS)
+    assert not undeclared, f"labels without a declared meaning: {undeclared} (metrics.LABELS)"
+    # a site's AUC and log loss are per predictor; "model" is only ever the model's name
+    assert {"SITE_AUC", "SITE_LOGLOSS"} <= used["predictor"] and not used["model"] & {"SITE_AUC", "SITE_LOGLOSS"}

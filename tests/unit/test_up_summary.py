@@ -20,17 +20,17 @@ from streamfed.topology import load_topology
 def test_scrape_keys_drop_topology_and_site_labels_and_readiness_follows_the_gauge(tmp_path: Path) -> None:
     reg = CollectorRegistry()
     records = Counter("streamfed_site_records_total", "r", ["topology", "site"], registry=reg)
-    auc = Gauge("streamfed_site_prequential_auc", "a", ["topology", "site", "model"], registry=reg)
+    auc = Gauge("streamfed_site_prequential_auc", "a", ["topology", "site", "predictor"], registry=reg)
     ready = Gauge("streamfed_process_ready", "r", ["topology", "component", "site"], registry=reg)
     port = free_port()
     server, _ = start_http_server(port, registry=reg)
     try:
         child = Child("a", "site", [], tmp_path / "log", tmp_path / "s.json", port)
         records.labels(topology="t", site="a").inc(7)
-        auc.labels(topology="t", site="a", model="served").set(0.8)
+        auc.labels(topology="t", site="a", predictor="served").set(0.8)
         s = child.scrape()
         assert s["streamfed_site_records_total"] == 7  # no "{}" left when every label is dropped
-        assert s["streamfed_site_prequential_auc{model=served}"] == 0.8
+        assert s["streamfed_site_prequential_auc{predictor=served}"] == 0.8
         assert not child.ready
         ready.labels(topology="t", component="site", site="a").set(1)
         child.scrape()
@@ -68,7 +68,9 @@ def test_a_run_without_a_version_says_why() -> None:
 def test_the_report_draws_each_site_s_auc_and_epsilon() -> None:
     h: dict[str, Any] = {}
     for t in range(5):
-        record(h, {"streamfed_site_prequential_auc{model=served}": 0.5 + t / 10, "streamfed_site_epsilon_spent": t}, t)
+        record(
+            h, {"streamfed_site_prequential_auc{predictor=served}": 0.5 + t / 10, "streamfed_site_epsilon_spent": t}, t
+        )
     assert h["auc"]["served"][-1] == (4, 0.9) and len(h["epsilon"]["epsilon"]) == 5
     page = run_report(_summary(model_versions=2), {"a": h}, "run")
     charts = [ET.fromstring(svg) for svg in re.findall(r"<svg.*?</svg>", page, re.S)]
