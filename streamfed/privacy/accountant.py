@@ -131,9 +131,63 @@ class Calibration:
         return min(self.epsilon_rdp, self.epsilon_pld)
 
 
+@functools.cache
+def _dp_accounting_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dp-accounting")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _cache_file(key: dict[str, object]) -> Path:
+    import hashlib
+
+    root = Path(
+        os.environ.get("STREAMFED_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "streamfed"
+    )
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return root.expanduser() / "calibration" / f"{digest}.json"
+
+
 @functools.lru_cache(maxsize=256)
 def _calibrate(kind: str, clip: float, steps: int, q: float, k: int, target: float, delta: float) -> Calibration:
+    """The calibration, from the disk cache when this exact search was done before on this machine.
+
+    Every process of a deployment (each site, the aggregator, ``topology validate``) needs the same
+    sigma, and the search takes seconds; the cache keeps the sigma found, keyed by every input and
+    dp-accounting's version. A cached sigma is never trusted as such: both accountants' epsilon are
+    computed again at it, and it is used only if they meet the target, so what is printed and
+    applied is always dp-accounting's figure for the mechanism applied.
+    """
+    key = {"kind": kind, "clip": clip, "steps": steps, "q": q, "k": k, "target": target, "delta": delta,
+           "dp_accounting": _dp_accounting_version(), "format": 1}  # fmt: skip
+    path = _cache_file(key)
     mech = Mechanism(kind, 1.0, clip, steps, q, k)
+    try:
+        doc = json.loads(path.read_text())
+        ev = mech.with_sigma(float(doc["sigma"])).record_event()
+        cal = Calibration(float(doc["sigma"]), str(doc["method"]), epsilon(ev, delta, "rdp"), epsilon(ev, delta, "pld"))
+        if cal.epsilon <= target * (1 + 1e-9):
+            return cal
+        log.warning(
+            "cached calibration %s does not meet epsilon %g at delta %g: calibrating again", path, target, delta
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    cal = _search(mech, target, delta)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**key, "sigma": cal.sigma, "method": cal.method}))
+        tmp.replace(path)
+    except OSError as exc:
+        log.debug("calibration cache not written: %s", exc)
+    return cal
+
+
+def _search(mech: Mechanism, target: float, delta: float) -> Calibration:
 
     def event(z: float) -> dp_accounting.DpEvent:
         return mech.with_sigma(z).record_event()

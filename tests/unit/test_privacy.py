@@ -266,3 +266,28 @@ def test_remaining_is_none_without_budget_and_never_negative() -> None:
     ledger.record(_rel(1, 1.0))  # record does not enforce; check does
     assert ledger.spent > 0.01
     assert ledger.remaining() == 0.0
+
+
+def test_calibration_is_cached_on_disk_and_a_cached_sigma_is_checked_again(tmp_path: Path, monkeypatch) -> None:
+    from streamfed.privacy import accountant
+
+    monkeypatch.setenv("STREAMFED_CACHE_DIR", str(tmp_path))
+    spec = PrivacySpec(epsilon=3.0, delta=1e-6)
+    accountant._calibrate.cache_clear()
+    first = accountant.resolve(spec)[1]
+    [cached] = list((tmp_path / "calibration").glob("*.json"))
+    doc = json.loads(cached.read_text())
+    assert doc["sigma"] == first.sigma and doc["dp_accounting"] != "unknown"
+    accountant._calibrate.cache_clear()
+    assert accountant.resolve(spec)[1] == first  # from the file: the same sigma, epsilons computed again
+    # a cached sigma too small for the target (a stale or edited file) is not used
+    cached.write_text(json.dumps({**doc, "sigma": first.sigma / 2}))
+    accountant._calibrate.cache_clear()
+    again = accountant.resolve(spec)[1]
+    assert again == first and again.epsilon <= 3.0
+    assert json.loads(cached.read_text())["sigma"] == first.sigma  # and the file is repaired
+    # an unwritable cache costs time, never correctness
+    monkeypatch.setenv("STREAMFED_CACHE_DIR", "/proc/streamfed-no-such-place")
+    accountant._calibrate.cache_clear()
+    assert accountant.resolve(spec)[1] == first
+    accountant._calibrate.cache_clear()
