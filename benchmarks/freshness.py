@@ -4,8 +4,8 @@ A live federation on the embedded broker: the shipped ``fraud`` topology with N 
 (3 and 30), each at ``--rate`` records/s. The simulator (``streamfed simulate``) and the aggregator
 (``streamfed aggregator``) run as their own processes, as deployed; the N ``SiteProcessor``s run as
 threads of this process (one GIL between them: on this 2-core machine, N site processes would only
-compete for the same cores). Triggers are the topology's: an update every 2,000 labelled records or
-3 s (at least 200), FedBuff with K = 3.
+compete for the same cores). Triggers are the topology's (``update`` and ``aggregation`` in
+topologies/fraud.yaml: now an update every 500 labelled records or 2 s, at least 100; FedBuff K = 3).
 
 Measured, on one clock (everything runs on this machine):
   * update -> version: from the update's ``created_ms`` (stamped just before it is signed and
