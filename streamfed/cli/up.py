@@ -20,7 +20,7 @@ from rich.table import Table
 
 from streamfed.cli.common import console, fail, load, setup_logging, write_json
 from streamfed.cli.up_children import GRACE_S, Child, plan
-from streamfed.cli.up_summary import explain, record, summarize
+from streamfed.cli.up_summary import AUC_KEYS, explain, record, summarize
 from streamfed.errors import StreamfedError
 
 out = Console()
@@ -58,9 +58,7 @@ def _table(children: list[Child], elapsed: float, rates: dict[str, float]) -> Ta
             f"{dead:.0f}",
             g("streamfed_site_updates_published_total"),
             g("streamfed_site_epsilon_spent", "{:.2f}"),
-            g("streamfed_site_prequential_auc{predictor=served}", "{:.3f}"),
-            g("streamfed_site_prequential_auc{predictor=local}", "{:.3f}"),
-            g("streamfed_site_prequential_auc{predictor=global}", "{:.3f}"),
+            *(g(AUC_KEYS[p], "{:.3f}") for p in ("served", "personal", "global")),
             g("streamfed_site_base_version"),
         )
     if agg is not None:
@@ -115,7 +113,7 @@ def up(
         topo = load(topology, bootstrap, state)
         provision_topology(topo)
         ensure_keys(topology, state)
-        children = plan(topology, bootstrap, state, run_dir, duration if duration is not None else 1e9)
+        children = plan(topo, topology, bootstrap, state, run_dir, duration if duration is not None else 1e9)
     except StreamfedError as exc:
         if broker:
             broker.stop()
@@ -171,15 +169,17 @@ def up(
                             f"[red]{c.name} exited with code {c.proc.returncode if c.proc else '?'}; see {c.log}[/red]"
                         )
                     s = c.scrape()
-                    if c.kind == "site" and s.get("streamfed_site_records_total", 0) > 0:
-                        timeline.setdefault("first_record", now)
                     if c.kind == "aggregator" and any(
                         k.startswith("streamfed_aggregator_versions_total") and v > 0 for k, v in s.items()
                     ):
                         timeline.setdefault("first_version", now)
-                    if c.kind == "site" and sources_started:
+                    if c.kind != "site":
+                        continue
+                    if sources_started:
                         record(history.setdefault(c.name, {}), s, elapsed)
-                    if c.kind == "site" and "streamfed_site_records_total" in s:
+                    if "streamfed_site_records_total" in s:
+                        if s["streamfed_site_records_total"] > 0:
+                            timeline.setdefault("first_record", now)
                         t_scrape, n = time.monotonic(), s["streamfed_site_records_total"]
                         if c.name in last:
                             dt = t_scrape - last[c.name][0]

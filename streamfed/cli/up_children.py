@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamfed.cli.common import load
+from streamfed.topology import Topology
 
 
 @dataclass
@@ -85,10 +85,10 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "streamfed"]
 
 
-def plan(topo_arg: str, bootstrap: str, state_dir: Path, run_dir: Path, duration: float) -> list[Child]:
+def plan(topo: Topology, topo_arg: str, bootstrap: str, state_dir: Path, run_dir: Path, duration: float) -> list[Child]:
+    """The processes for ``topo`` (loaded from ``topo_arg``, which each child is given to load again)."""
     from streamfed.broker.embedded import free_port
 
-    topo = load(topo_arg, bootstrap, state_dir)
     common = ["--topology", topo_arg, "--bootstrap", bootstrap]
     children = []
     port = free_port()

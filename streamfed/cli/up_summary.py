@@ -57,7 +57,8 @@ def summarize(
     }
 
 
-_SERIES = {
+# the scraped keys of a site's prequential AUCs, by what the report and the live table call them
+AUC_KEYS = {
     "served": "streamfed_site_prequential_auc{predictor=served}",
     "personal": "streamfed_site_prequential_auc{predictor=local}",
     "global": "streamfed_site_prequential_auc{predictor=global}",
@@ -66,7 +67,7 @@ _SERIES = {
 
 def record(h: dict[str, Any], samples: dict[str, float], t: float) -> None:
     """Append one scrape of a site to its report history (AUCs appear once a window is full)."""
-    for name, key in _SERIES.items():
+    for name, key in AUC_KEYS.items():
         if key in samples:
             h.setdefault("auc", {}).setdefault(name, []).append((round(t, 1), samples[key]))
     if "streamfed_site_epsilon_spent" in samples:

@@ -19,7 +19,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 from streamfed.errors import SchemaError, SerializationError
-from streamfed.topology.loader import SCHEMA_DIR, is_schema_path
+from streamfed.topology.loader import SCHEMA_DIR, is_schema_path, schema_file
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -37,7 +37,7 @@ class SchemaRegistry:
         """Return ``(schema_id, parsed_schema)`` of ``schemas/avro/<name>.avsc``, or of the .avsc file
         ``name`` when it is a path (a user's own record schema; its history/ sits next to it)."""
         if name not in self._by_name:
-            path = Path(name) if is_schema_path(name) else self.schema_dir / f"{name}.avsc"
+            path = schema_file(name, self.schema_dir)
             try:
                 parsed = fastavro.parse_schema(json.loads(path.read_text()))
             except FileNotFoundError as exc:

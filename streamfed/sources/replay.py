@@ -15,9 +15,10 @@ from streamfed.errors import ConfigError
 from streamfed.topology.spec import SourceSpec
 
 
-def _open(path: Path) -> io.TextIOBase:
-    if not path.exists():
-        raise ConfigError(f"source file {path} does not exist")
+def open_text(path: Path, what: str = "source file") -> io.TextIOBase:
+    """A data file as text (``.gz`` read as gzip); ``what`` names it in the error when it is missing."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
@@ -54,7 +55,7 @@ def read_source_rows(
 ) -> Iterator[dict[str, Any]]:
     """Yield one record per kept row, in file order; ``event_time`` is left for the producer."""
     na = set(spec.na_values)
-    with _open(spec.path) as fh:
+    with open_text(spec.path) as fh:
         reader = csv.reader(fh, delimiter=spec.separator)
         header = next(reader) if spec.header else list(spec.columns or [])
         if spec.header and spec.columns:

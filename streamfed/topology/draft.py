@@ -10,8 +10,6 @@ shared beyond the file's owner should declare reference values instead.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import math
 import os
 import re
@@ -24,6 +22,7 @@ from typing import Any
 import yaml
 
 from streamfed.errors import ConfigError
+from streamfed.sources.replay import open_text
 
 NA = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "?")
 TRUE = {"1", "1.0", "true", "yes", "y", "t"}
@@ -42,16 +41,8 @@ class Draft:
     notes: list[str] = field(default_factory=list)
 
 
-def _open(path: Path) -> io.TextIOBase:
-    if not path.is_file():
-        raise ConfigError(f"--from-csv: {path} does not exist")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def _read(path: Path, separator: str | None) -> tuple[list[str], list[list[str]], str]:
-    with _open(path) as fh:
+    with open_text(path, "--from-csv:") as fh:
         head = fh.read(64 * 1024)
         if separator is None:
             try:

@@ -101,14 +101,18 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def schema_file(name: str, schema_dir: Path = SCHEMA_DIR) -> Path:
+    """Where a schema's .avsc is: the path as given, or ``schema_dir/<name>.avsc`` for a shipped name."""
+    return Path(name) if is_schema_path(name) else schema_dir / f"{name}.avsc"
+
+
 def schema_path(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> Path:
-    """The .avsc file of a record schema: a path as given, or a shipped schema's name."""
+    """The .avsc file of a record schema (:func:`schema_file`), checked to exist."""
+    path = schema_file(schema_name, schema_dir)
     if is_schema_path(schema_name):
-        path = Path(schema_name)
         if not path.is_file():
             raise ConfigError(f"model.record_schema: schema file {path} does not exist")
         return path
-    path = schema_dir / f"{schema_name}.avsc"
     if not path.exists():
         known = sorted(p.stem for p in schema_dir.glob("*.avsc"))
         raise ConfigError(

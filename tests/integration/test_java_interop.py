@@ -50,7 +50,7 @@ def _java(cp: str, main: str, *args: str, timeout: float = 180) -> str:
 
 def _count(topo, topic: str, isolation: str) -> int:
     """Messages a consumer with ``isolation`` sees in ``topic`` (read to the end)."""
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     c = make_consumer(topo.kafka, None, **{"isolation.level": isolation, "enable.partition.eof": True})
     parts = c.list_topics(topic, timeout=10).topics[topic].partitions
@@ -60,7 +60,7 @@ def _count(topo, topic: str, isolation: str) -> int:
         for m in c.consume(500, 1.0):
             if m.error() is None:
                 n += 1
-            elif m.error().code() == -191:  # _PARTITION_EOF
+            elif m.error().code() == KafkaError._PARTITION_EOF:
                 done.add(m.partition())
     c.close()
     return n
