@@ -69,10 +69,21 @@ class SiteData:
     dead: int = 0
 
 
+# Overrides applied to every topology ``load`` returns, under each call's own (``quality.py --online-micro-batch``).
+BASE_OVERRIDES: dict[str, Any] = {}
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
 def load(name: str, overrides: Mapping[str, Any] | None = None, state_dir: Path | None = None) -> Topology:
     """A shipped topology with its state (keys) under a temporary folder."""
     state = state_dir or Path(tempfile.mkdtemp(prefix="streamfed-bench-"))
-    return load_topology(name, {**(overrides or {}), "state_dir": str(state)})
+    return load_topology(name, {**_merged(BASE_OVERRIDES, overrides or {}), "state_dir": str(state)})
 
 
 def load_sites(topo: Topology, max_rows: int | None = None, sites: list[str] | None = None) -> dict[str, SiteData]:

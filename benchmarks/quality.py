@@ -292,8 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated extra arms (other mechanisms, server optimizers, windows): " + "; ".join(VARIANTS),
     )
+    ap.add_argument(
+        "--online-micro-batch",
+        type=int,
+        default=None,
+        help="model.online.micro_batch for every arm, centralised and local-only included (1: river learn_one)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    if args.online_micro_batch is not None:
+        F.BASE_OVERRIDES["model"] = {"online": {"micro_batch": args.online_micro_batch}}
     try:
         import torch
 

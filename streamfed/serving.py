@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError
 
 from streamfed.errors import SerializationError, StreamfedError
 from streamfed.learners.features import Featurizer
-from streamfed.learners.federated import FederatedModel, LinearLogistic, sigmoid
+from streamfed.learners.federated import FederatedModel, LinearLogistic, sigmoid, wide_and_deep
 from streamfed.registry.reader import open_from_start
 from streamfed.serde import params_from_bytes, sha256_hex
 from streamfed.serde.avro import AvroCodec
@@ -82,9 +82,7 @@ class Scorer:
         if kind == "linear":
             model = LinearLogistic(featurizer.dim)
         elif kind == "wide_deep":
-            from streamfed.learners.federated import WideAndDeep
-
-            model = WideAndDeep(featurizer.dim, list(doc["model"]["hidden"]), device=device)
+            model = wide_and_deep(featurizer.dim, list(doc["model"]["hidden"]), device=device)
         else:
             raise SerializationError(f'unknown model kind "{kind}"; this reader knows linear, wide_deep')
         params = params_from_bytes(rec["params"], model.num_params)

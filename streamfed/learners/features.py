@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,10 @@ class Featurizer:
         self.names = spec.names()
         self.dim = len(self.names)
         self._cat_index = [{v: i for i, v in enumerate(c.values)} for c in spec.categorical]
+        # every field the column path reads, in its order, fetched from each record in one call
+        self._fields = [f.name for f in spec.numeric] + [c.name for c in spec.categorical] + list(spec.boolean)
+        self._fields.append(label)
+        self._getter = itemgetter(*self._fields)
 
     def row(self, rec: dict[str, Any], out: np.ndarray) -> None:
         j = 0
@@ -119,15 +124,25 @@ class Featurizer:
         n = len(records)
         if n == 0:
             return None
+        try:  # every field of every record in one call each; a missing one reads as None
+            fetched = list(map(self._getter, records))
+        except KeyError:
+            fetched = [tuple(r.get(k) for k in self._fields) for r in records]
+        except TypeError:
+            return None
+        columns = list(zip(*fetched, strict=True)) if len(self._fields) > 1 else [fetched]
+        numeric, k = columns[: len(self.spec.numeric)], len(self.spec.numeric)
+        categorical = columns[k : k + len(self.spec.categorical)]
+        k += len(self.spec.categorical)
+        boolean, labels = columns[k:-1], columns[-1]
         X = np.zeros((n, self.dim), dtype=np.float32)
         j = 0
-        for f in self.spec.numeric:
-            col = [r.get(f.name) for r in records]
+        for f, col in zip(self.spec.numeric, numeric, strict=True):
             kinds = set(map(type, col))
             if kinds - _NUMBER:
                 if f.missing is None or kinds - _NUMBER != {type(None)}:
                     return None
-                col = [f.missing if v is None else v for v in col]
+                col = tuple(f.missing if v is None else v for v in col)
             v = np.asarray(col, dtype=np.float64)
             if not np.isfinite(v).all():
                 return None
@@ -147,25 +162,26 @@ class Featurizer:
                 X[:, j] = (v - f.center) / f.scale
                 j += 1
         rows = np.arange(n)
-        for c, index in zip(self.spec.categorical, self._cat_index, strict=True):
-            cats = [r.get(c.name) for r in records]
+        for c, index, cats in zip(self.spec.categorical, self._cat_index, categorical, strict=True):
             if set(map(type, cats)) != {str}:
                 return None
-            k = np.fromiter((index.get(str(v), -1) for v in cats), dtype=np.int64, count=n)
-            known = k >= 0
-            X[rows[known], j + k[known]] = 1.0
+            kk = np.fromiter(map(index.get, cats, [-1] * n), dtype=np.int64, count=n)
+            known = kk >= 0
+            X[rows[known], j + kk[known]] = 1.0
             j += len(c.values)
-        for b in self.spec.boolean:
-            col = [r.get(b) for r in records]
+        for col in boolean:
             if set(map(type, col)) != {bool}:
                 return None
             X[:, j] = np.fromiter(col, dtype=np.float32, count=n)
             j += 1
-        labels = [r.get(self.label) for r in records]
         if set(map(type, labels)) - {bool, type(None)}:
             return None
-        y = np.fromiter((np.nan if v is None else float(v) for v in labels), dtype=np.float32, count=n)
+        y = np.array(labels, dtype=np.float32) if None not in labels else _labels(labels)
         return X, y, [True] * n
 
 
 _NUMBER = {int, float}
+
+
+def _labels(labels: Sequence[bool | None]) -> np.ndarray:
+    return np.fromiter((np.nan if v is None else float(v) for v in labels), dtype=np.float32, count=len(labels))

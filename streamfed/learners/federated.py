@@ -2,10 +2,10 @@
 
 One flat float32 parameter vector with a named layout, and the two things a private contribution
 needs: its logits, and the sum of per-record gradients clipped to an L2 bound (with the norms
-before clipping). ``LinearLogistic`` is logistic regression in numpy (no torch import);
-``WideAndDeep`` adds a torch MLP to the linear logit (``z = w.x + b + mlp(x)``) and computes
-per-example gradients with ``torch.func`` (``vmap`` over ``grad``), batched on the GPU when there
-is one.
+before clipping). ``LinearLogistic`` is logistic regression and ``WideAndDeep``
+adds an MLP to the linear logit (``z = w.x + b + mlp(x)``), both in numpy (no torch import: the
+aggregator and serving apps never load torch). On a GPU, :class:`~streamfed.learners.federated_torch.TorchWideAndDeep`
+is the same model in torch, with per-example gradients from ``torch.func``.
 
 >>> m = LinearLogistic(2)
 >>> X = np.array([[1.0, 0.0], [0.0, 3.0]], dtype=np.float32); y = np.array([1.0, 0.0], dtype=np.float32)
@@ -23,9 +23,6 @@ import numpy as np
 
 from streamfed.learners.base import Matrix, Segment, Vector
 from streamfed.topology.spec import ModelSpec
-
-# Per-example gradient matrices are built in chunks of at most this many rows x parameters.
-CHUNK_ELEMENTS = 1 << 24
 
 
 class FederatedModel(Protocol):
@@ -87,23 +84,57 @@ class LinearLogistic:
         return total, norms
 
 
+def mlp_layers(dim: int, hidden: list[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """The MLP's parameters in order, named as torch's ``nn.Sequential`` of Linear and ReLU names them."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    prev = dim
+    for k, h in enumerate([*hidden, 1]):
+        out += [(f"{2 * k}.weight", (h, prev)), (f"{2 * k}.bias", (h,))]
+        prev = h
+    return out
+
+
+def init_mlp(dim: int, hidden: list[int], seed: int) -> np.ndarray:
+    """The MLP's initial parameters, flat (float32): weights uniform in +-1/sqrt(fan-in), biases in
+    +-0.01, in layout order. Version 0 of every site and of the aggregator, and the start of each
+    site's personal deep model.
+
+    The uniforms are torch's ``torch.rand(shape, generator=torch.Generator().manual_seed(seed))``,
+    drawn without torch: both are Mersenne Twister (MT19937) seeded the same way as numpy's
+    ``RandomState(seed)``, and torch makes a float32 uniform from the low 24 bits of one 32-bit draw.
+    A contract test holds the two to each other.
+    """
+    rs = np.random.RandomState(seed)
+    two, one = np.float32(2.0), np.float32(1.0)
+    parts = []
+    for _, shape in mlp_layers(dim, hidden):
+        bound = np.float32(1.0 / math.sqrt(shape[-1]) if len(shape) > 1 else 0.01)
+        raw = rs.randint(0, 1 << 32, size=math.prod(shape), dtype=np.uint64)
+        u = ((raw & ((1 << 24) - 1)).astype(np.float64) * 2.0**-24).astype(np.float32)
+        parts.append((u * two - one) * bound)
+    return np.concatenate(parts).astype(np.float32)
+
+
 class WideAndDeep:
-    """``z = w.x + b + mlp(x)``; per-example gradients by ``torch.func`` on ``device``."""
+    """``z = w.x + b + mlp(x)`` in numpy (no torch import); per-example gradient norms without
+    materialising per-example gradients.
 
-    def __init__(self, dim: int, hidden: list[int], seed: int = 0, device: str = "auto") -> None:
-        import torch
-        from torch import nn
+    The MLP is ``dim -> hidden... -> 1`` with ReLUs, parameters in the layout of
+    :func:`mlp_layers`. A linear layer's per-example gradient is the outer product of the error
+    reaching its output, ``d_i``, and its input ``a_i`` (and ``d_i`` for its bias), so its squared
+    norm is ``|d_i|^2 (|a_i|^2 + 1)`` and the clipped sum is ``(c * d)^T a``: one backward pass over the
+    batch gives every row's norm and the clipped sum exactly (Goodfellow, "Efficient per-example
+    gradient computations", 2015). On ``cuda`` use :class:`TorchWideAndDeep`.
+    """
 
-        from streamfed.learners.torch_mlp import build_mlp, pick_device
+    device = "cpu"
 
-        self._torch = torch
+    def __init__(self, dim: int, hidden: list[int], seed: int = 0) -> None:
         self.dim = dim
-        self.torch_device = pick_device(device)
-        self.device = self.torch_device.type
-        self.net: nn.Module = build_mlp(dim, hidden, seed).to(self.torch_device)
-        self._deep = [(name, tuple(p.shape)) for name, p in self.net.named_parameters()]
+        self.hidden = list(hidden)
+        self._deep = [(name, shape) for name, shape in mlp_layers(dim, hidden)]
         self._n_deep = sum(math.prod(s) for _, s in self._deep)
-        self._fn: Any = None
+        self._init = init_mlp(dim, hidden, seed)
 
     def layout(self) -> list[Segment]:
         return [Segment("linear.weights", (self.dim,)), Segment("linear.intercept", (1,))] + [
@@ -115,69 +146,62 @@ class WideAndDeep:
         return self.dim + 1 + self._n_deep
 
     def initial_params(self) -> Vector:
-        torch = self._torch
-        with torch.no_grad():
-            deep = torch.nn.utils.parameters_to_vector(self.net.parameters()).to("cpu", torch.float32).numpy()
-        return np.concatenate([np.zeros(self.dim + 1, dtype=np.float32), deep]).astype(np.float32)
+        return np.concatenate([np.zeros(self.dim + 1, dtype=np.float32), self._init]).astype(np.float32)
 
-    def _split(self, flat: Any) -> tuple[Any, Any, dict[str, Any]]:
-        w, b = flat[: self.dim], flat[self.dim]
-        out, i = {}, self.dim + 1
-        for name, shape in self._deep:
-            n = math.prod(shape)
-            out[name] = flat[i : i + n].view(shape)
-            i += n
-        return w, b, out
+    def _layers(self, params: Vector) -> tuple[np.ndarray, float, list[tuple[np.ndarray, np.ndarray]]]:
+        """(linear weights, intercept, [(W, b) per MLP layer]) as float64 views of ``params``."""
+        p = np.asarray(params, dtype=np.float64)
+        w, b = p[: self.dim], float(p[self.dim])
+        layers, i = [], self.dim + 1
+        for k in range(0, len(self._deep), 2):
+            (_, ws), (_, bs) = self._deep[k], self._deep[k + 1]
+            W = p[i : i + math.prod(ws)].reshape(ws)
+            i += W.size
+            layers.append((W, p[i : i + bs[0]]))
+            i += bs[0]
+        return w, b, layers
 
-    def _logit(self, flat: Any, x: Any) -> Any:
-        from torch.func import functional_call
-
-        w, b, deep = self._split(flat)
-        return x @ w + b + functional_call(self.net, deep, (x,)).squeeze(-1)
-
-    def _tensor(self, a: np.ndarray) -> Any:
-        t = self._torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-        if self.torch_device.type == "cuda":
-            t = t.pin_memory()
-        return t.to(self.torch_device, non_blocking=True)
+    def _forward(self, params: Vector, X: Matrix) -> tuple[np.ndarray, list[np.ndarray], Any]:
+        """(logits, each layer's input, the layers); hidden inputs are after the ReLU."""
+        w, b, layers = self._layers(params)
+        x = np.asarray(X, dtype=np.float64)
+        inputs, a = [], x
+        for k, (W, bias) in enumerate(layers):
+            inputs.append(a)
+            a = a @ W.T + bias
+            if k < len(layers) - 1:
+                a = np.maximum(a, 0.0)
+        return x @ w + b + a[:, 0], inputs, layers
 
     def logits(self, params: Vector, X: Matrix) -> np.ndarray:
-        torch = self._torch
         if len(X) == 0:
             return np.zeros(0)
-        with torch.no_grad():
-            z = self._logit(self._tensor(params), self._tensor(X))
-        return z.double().cpu().numpy()
-
-    def _grad_fn(self) -> Any:
-        if self._fn is None:
-            torch = self._torch
-            from torch.func import grad, vmap
-
-            def loss(flat: Any, x: Any, y: Any) -> Any:
-                z = self._logit(flat, x.unsqueeze(0)).squeeze(0)
-                return torch.nn.functional.binary_cross_entropy_with_logits(z, y)
-
-            self._fn = vmap(grad(loss), in_dims=(None, 0, 0))
-        return self._fn
+        return self._forward(params, X)[0]
 
     def clipped_grad_sum(self, params: Vector, X: Matrix, y: Vector, clip_norm: float) -> tuple[np.ndarray, np.ndarray]:
-        torch = self._torch
-        flat = self._tensor(params)
-        total = torch.zeros(self.num_params, dtype=torch.float64, device=self.torch_device)
-        norms = []
-        rows = max(1, CHUNK_ELEMENTS // self.num_params)
-        fn = self._grad_fn()
-        with torch.no_grad():
-            for a in range(0, len(X), rows):
-                G = fn(flat, self._tensor(X[a : a + rows]), self._tensor(y[a : a + rows]))  # (n, d)
-                n = torch.linalg.vector_norm(G, dim=1)
-                factor = torch.clamp(clip_norm / torch.clamp(n, min=1e-30), max=1.0)
-                total += (G * factor.unsqueeze(1)).sum(0, dtype=torch.float64)
-                norms.append(n)
-        if not norms:
+        n = len(X)
+        if n == 0:
             return np.zeros(self.num_params), np.zeros(0)
-        return total.cpu().numpy(), torch.cat(norms).double().cpu().numpy()
+        z, inputs, layers = self._forward(params, X)
+        r = sigmoid(z) - np.asarray(y, dtype=np.float64)  # d loss / d logit per row
+        x = inputs[0]
+        sq = r * r * (np.einsum("ij,ij->i", x, x) + 1.0)  # the linear part
+        errors: list[np.ndarray] = [np.empty(0)] * len(layers)
+        d = r[:, None]  # the error at the last layer's output
+        for k in range(len(layers) - 1, -1, -1):
+            a = inputs[k]
+            errors[k] = d
+            sq += np.einsum("ij,ij->i", d, d) * (np.einsum("ij,ij->i", a, a) + 1.0)
+            if k:
+                d = (d @ layers[k][0]) * (a > 0.0)  # back through W_k, then the ReLU that made a
+        norms = np.sqrt(sq)
+        c = np.minimum(1.0, clip_norm / np.maximum(norms, 1e-300))
+        rc = r * c
+        parts = [rc @ x, [rc.sum()]]
+        for a, d in zip(inputs, errors, strict=True):
+            dc = d * c[:, None]
+            parts += [(dc.T @ a).ravel(), dc.sum(axis=0)]
+        return np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in parts]), norms
 
 
 def build_federated_model(spec: ModelSpec, device: str | None = None) -> FederatedModel:
@@ -185,4 +209,20 @@ def build_federated_model(spec: ModelSpec, device: str | None = None) -> Federat
     dim = len(spec.features.names())
     if not spec.deep.enabled:
         return LinearLogistic(dim)
-    return WideAndDeep(dim, list(spec.deep.hidden), spec.seed, device or spec.deep.device)
+    return wide_and_deep(dim, list(spec.deep.hidden), spec.seed, device or spec.deep.device)
+
+
+def wide_and_deep(dim: int, hidden: list[int], seed: int = 0, device: str = "cpu") -> FederatedModel:
+    """The numpy :class:`WideAndDeep`, or its torch twin when ``device`` is (or ``auto`` finds) ``cuda``.
+
+    Only ``auto`` and ``cuda`` import torch.
+    """
+    if device == "cpu":
+        return WideAndDeep(dim, hidden, seed)
+    from streamfed.learners.torch_mlp import pick_device
+
+    if pick_device(device).type == "cuda":
+        from streamfed.learners.federated_torch import TorchWideAndDeep
+
+        return TorchWideAndDeep(dim, hidden, seed, "cuda")
+    return WideAndDeep(dim, hidden, seed)

@@ -46,8 +46,9 @@ def pick_device(choice: str = "auto") -> torch.device:
 
 
 def build_mlp(dim: int, hidden: list[int], seed: int) -> nn.Sequential:
-    """``dim -> hidden... -> 1`` with ReLUs, initialised deterministically from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
+    """``dim -> hidden... -> 1`` with ReLUs, initialised by :func:`~streamfed.learners.federated.init_mlp`."""
+    from streamfed.learners.federated import init_mlp
+
     layers: list[nn.Module] = []
     prev = dim
     for h in hidden:
@@ -56,9 +57,7 @@ def build_mlp(dim: int, hidden: list[int], seed: int) -> nn.Sequential:
     layers.append(nn.Linear(prev, 1))
     net = nn.Sequential(*layers)
     with torch.no_grad():
-        for p in net.parameters():
-            bound = 1.0 / np.sqrt(p.shape[-1]) if p.dim() > 1 else 0.01
-            p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+        torch.nn.utils.vector_to_parameters(torch.from_numpy(init_mlp(dim, hidden, seed)), net.parameters())
     return net
 
 

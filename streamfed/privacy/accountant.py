@@ -289,9 +289,14 @@ def _rdp_curve(sigma: float, q: float, steps: int) -> tuple[float, ...] | None:
 
 def releases_epsilon(releases: list[Release], delta: float, method: Method = "rdp") -> float:
     """Epsilon of the composition of ``releases`` (a record that reached every one of them)."""
-    if not releases:
+    return groups_epsilon(Counter(_key(r) for r in releases), delta, method)
+
+
+def groups_epsilon(groups: Counter[tuple[float, float, int]], delta: float, method: Method = "rdp") -> float:
+    """Epsilon of ``n`` releases of each mechanism (sigma, q, steps) in ``groups``, composed."""
+    groups = +groups  # without the zero counts
+    if not groups:
         return 0.0
-    groups = Counter(_key(r) for r in releases)
     if method == "rdp":
         curves = {k: _rdp_curve(*k) for k in groups}
         if all(c is not None for c in curves.values()):
@@ -320,7 +325,8 @@ class PrivacyLedger:
                 if line.strip():
                     self.releases.append(Release(**json.loads(line)))
             log.info("privacy ledger %s: %d earlier releases", path, len(self.releases))
-        self._spent = releases_epsilon(self.releases, delta)
+        self._groups = Counter(_key(r) for r in self.releases)  # kept as releases come: O(1) per release
+        self._spent = groups_epsilon(self._groups, delta)
         self._checked: tuple[tuple[int, tuple[float, float, int]], float] | None = None
 
     @property
@@ -350,6 +356,7 @@ class PrivacyLedger:
                 os.fsync(fh.fileno())
         after = self._after(release)
         self.releases.append(release)
+        self._groups[_key(release)] += 1
         self._spent = after
         self._checked = None
         return self._spent
@@ -360,7 +367,9 @@ class PrivacyLedger:
         key = (len(self.releases), _key(release))
         if self._checked is not None and self._checked[0] == key:
             return self._checked[1]
-        after = releases_epsilon([*self.releases, release], self.delta)
+        groups = self._groups.copy()
+        groups[_key(release)] += 1
+        after = groups_epsilon(groups, self.delta)
         self._checked = (key, after)
         return after
 

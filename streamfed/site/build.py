@@ -22,6 +22,7 @@ def build_learner(
     """The site's learner with its key, ledger and sequence state (kept under the state dir if ``persist``)."""
     site = topo.site(site_id)
     home = topo.home / "sites" / site.id
+    ledger = PrivacyLedger(topo.privacy.delta, topo.privacy.budget_epsilon, home / "ledger.jsonl" if persist else None)
     return SiteLearner(
         topology=topo.name,
         site_id=site.id,
@@ -29,10 +30,10 @@ def build_learner(
         privacy=topo.privacy,
         update=topo.update,
         signer=FileSigner(topo.private_key_path(site)),
-        ledger=PrivacyLedger(
-            topo.privacy.delta, topo.privacy.budget_epsilon, home / "ledger.jsonl" if persist else None
+        ledger=ledger,
+        state=SiteState(
+            home / "state.json" if persist else None, max((r.sequence for r in ledger.releases), default=0)
         ),
-        state=SiteState(home / "state.json" if persist else None),
         mechanism=resolve(topo.privacy)[0],
         rng=rng,
         noise_divisor=secagg_params(topo).noise_divisor if topo.aggregation.secure is not None else 1.0,

@@ -1,6 +1,7 @@
 """A site's personal model: it learns from every labelled record, never leaves the site, is never reset.
 
-River's logistic regression learns each labelled event in order (predict, then learn); when the
+Logistic regression learns each labelled event in order (predict, then learn; river's update, in
+micro-batches of ``model.online.micro_batch`` rows); when the
 topology has a deep model, the site's own torch MLP takes mini-batch Adam steps from a replay buffer
 of recent rows, and an :class:`~streamfed.site.served.ExpertMixture` learns how to blend the two.
 Nothing here is published, so nothing here is noised: the privacy mechanism lives in
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamfed.learners.online import RiverLogisticLearner
+from streamfed.learners.online import MicroBatchLogistic, RiverLogisticLearner
 from streamfed.site.served import Blend, logit
 from streamfed.topology.spec import ModelSpec
 
@@ -29,7 +30,12 @@ class PersonalModel:
         self, spec: ModelSpec, names: list[str], rng: np.random.Generator, clock: Callable[[], float], device: str
     ) -> None:
         self.spec = spec
-        self.online = RiverLogisticLearner(names, spec.online.learning_rate, spec.online.l2)
+        o = spec.online
+        self.online: RiverLogisticLearner | MicroBatchLogistic = (
+            RiverLogisticLearner(names, o.learning_rate, o.l2)
+            if o.micro_batch == 1
+            else MicroBatchLogistic(names, o.learning_rate, o.l2, o.micro_batch)
+        )
         self.deep: TorchMLPLearner | None = None
         self.replay: ReplayBuffer | None = None
         self.mix: Blend | None = None

@@ -100,11 +100,21 @@ class FeatureSpec(Frozen):
 
 
 class OnlineSpec(Frozen):
-    """The river learner updated on every labelled event."""
+    """The personal model's online learner: logistic regression on every labelled event.
 
-    learner: Literal["logistic"] = Field("logistic", description="river.linear_model.LogisticRegression")
-    learning_rate: PositiveFloat = Field(0.05, description="SGD step for weights and intercept")
-    l2: float = Field(0.0, ge=0, description="L2 penalty")
+    ``micro_batch: 1`` steps on each record through river's ``learn_one``
+    (``river.linear_model.LogisticRegression``, SGD). ``micro_batch: m`` scores ``m`` rows at a time
+    with the weights as they are and then takes one implicit step on them in numpy, several times
+    faster (streamfed/learners/online.py). Fast streams gain; short ones learn less per record, so
+    each shipped topology sets it from ``benchmarks/quality.py --online-micro-batch`` (benchmarks/README.md).
+    """
+
+    learner: Literal["logistic"] = Field("logistic", description="logistic regression")
+    learning_rate: PositiveFloat = Field(0.05, description="step size for weights and intercept")
+    l2: float = Field(0.0, ge=0, description="L2 penalty (on the features a row has, as river applies it)")
+    micro_batch: int = Field(
+        1, ge=1, le=4096, description="rows per step, cut by position in the stream; 1: river learn_one per record"
+    )
 
 
 class DeepSpec(Frozen):

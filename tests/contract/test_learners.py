@@ -12,11 +12,16 @@ import pytest
 
 from streamfed.learners import RiverLogisticLearner
 from streamfed.learners.base import Learner
+from streamfed.learners.online import MicroBatchLogistic
 from streamfed.learners.torch_mlp import TorchMLPLearner
 
 
 def _river() -> tuple[Learner, int, int]:
     return RiverLogisticLearner([f"x{i}" for i in range(6)], learning_rate=0.1), 6, 1
+
+
+def _micro_batch() -> tuple[Learner, int, int]:
+    return MicroBatchLogistic([f"x{i}" for i in range(6)], learning_rate=0.1, micro_batch=8), 6, 1
 
 
 def _torch() -> tuple[Learner, int, int]:
@@ -26,6 +31,7 @@ def _torch() -> tuple[Learner, int, int]:
 # name -> (learner, input dim, passes over the data to learn it)
 FACTORIES: dict[str, Callable[[], tuple[Learner, int, int]]] = {
     "river_logistic": _river,
+    "numpy_micro_batch": _micro_batch,
     "torch_mlp": _torch,
 }
 
@@ -181,3 +187,61 @@ def test_set_params_with_the_wrong_size_raises_value_error(name: str, change: in
     with pytest.raises(ValueError):
         learner.set_params(np.zeros(before.size + change, dtype=np.float32))
     np.testing.assert_array_equal(learner.get_params(), before)
+
+
+def _stream(n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    X[X < -0.8] = 0.0  # sparse rows: river's L2 touches only the features a row has
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    y[::5] = np.nan  # unlabelled rows are scored, never learnt
+    return X, y
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.02])
+def test_micro_batches_approach_rivers_learn_one_as_the_step_shrinks(l2: float) -> None:
+    """At a small learning rate, one implicit step on m rows is m of river's steps, to first order."""
+    X, y = _stream()
+    river = RiverLogisticLearner([f"x{i}" for i in range(6)], 0.002, l2)
+    numpy_ = MicroBatchLogistic([f"x{i}" for i in range(6)], 0.002, l2, micro_batch=4)
+    p_river, p_numpy = river.prequential_many(X, y), numpy_.prequential_many(X, y)
+    moved = np.abs(river.get_params()).max()
+    assert moved > 0.05
+    np.testing.assert_allclose(numpy_.get_params(), river.get_params(), atol=0.02 * moved)
+    np.testing.assert_allclose(p_numpy, p_river, atol=5e-3)  # scored up to 3 rows staler
+
+
+def test_a_micro_batch_step_is_the_linearised_implicit_step() -> None:
+    X, y = _stream(24)
+    y = np.nan_to_num(y, nan=1.0)
+    lr, l2 = 0.3, 0.05
+    learner = MicroBatchLogistic([f"x{i}" for i in range(6)], lr, l2, micro_batch=24)
+    start = np.random.default_rng(2).normal(size=7).astype(np.float32)
+    learner.set_params(start)
+    learner.prequential_many(X, y)
+    theta = start.astype(np.float64)
+    Xt = np.hstack([X.astype(np.float64), np.ones((24, 1))])
+    p = 1 / (1 + np.exp(-(Xt @ theta)))
+    reg = l2 * np.append((X != 0).sum(axis=0), 0.0)
+    g = (p - y) @ Xt + reg * theta
+    H = Xt.T @ (Xt * (p * (1 - p))[:, None]) + np.diag(reg)
+    expected = theta - np.linalg.solve(np.eye(7) + lr * H, lr * g)
+    np.testing.assert_allclose(learner.get_params(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batches_do_not_depend_on_how_calls_split_the_stream() -> None:
+    X, y = _stream()
+    whole = MicroBatchLogistic([f"x{i}" for i in range(6)], 0.05, 0.01, micro_batch=16)
+    split = MicroBatchLogistic([f"x{i}" for i in range(6)], 0.05, 0.01, micro_batch=16)
+    p_whole = whole.prequential_many(X, y)
+    p_split = np.concatenate([split.prequential_many(X[a : a + 7], y[a : a + 7]) for a in range(0, len(y), 7)])
+    np.testing.assert_array_equal(p_split, p_whole)
+    np.testing.assert_array_equal(split.get_params(), whole.get_params())
+
+
+def test_a_micro_batch_is_scored_before_any_of_its_rows_is_learnt() -> None:
+    X, _ = _stream(64)
+    learner = MicroBatchLogistic([f"x{i}" for i in range(6)], 0.5, micro_batch=32)
+    p = learner.prequential_many(X, np.ones(64, dtype=np.float32))
+    assert np.all(p[:32] == np.float32(0.5))  # the first 32 rows: the weights as they began
+    assert np.all(p[32:] != np.float32(0.5))  # then one step on all 32

@@ -26,7 +26,7 @@ MECHANISMS = {
     "dp_sgd": Mechanism("dp_sgd", 1.2, 1.0, steps=3, sampling_rate=0.3, releases_per_record=2),
     "dp_sgd_full_batch": Mechanism("dp_sgd", 1.2, 1.0, steps=1, sampling_rate=1.0, releases_per_record=1),
 }
-MODELS = {"linear": lambda: LinearLogistic(DIM), "wide_and_deep": lambda: WideAndDeep(DIM, [4], 1, "cpu")}
+MODELS = {"linear": lambda: LinearLogistic(DIM), "wide_and_deep": lambda: WideAndDeep(DIM, [4], 1)}
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

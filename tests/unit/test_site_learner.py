@@ -37,6 +37,7 @@ def test_every_row_gets_three_prequential_scores(learner: SiteLearner) -> None:
         assert p.shape == (3000,) and ((p >= 0) & (p <= 1)).all()
     # version 0 is the same for every row; the personal model learnt as it went
     assert np.ptp(scores.personal[-500:]) > 0.01
+    learner.export_quality()  # what the processor does before it reports (this clock never moves)
     assert learner.report.local_auc is not None and learner.report.global_auc is not None
     assert learner.report.auc is not None and learner.report.served_weight is not None
 
@@ -74,3 +75,17 @@ def test_a_rebase_moves_the_global_scores_not_the_personal_model(learner: SiteLe
     assert learner.base_version == 1 and not learner.wants(1, "sha") and learner.wants(1, "other")
     with pytest.raises(ValueError, match="parameters"):
         learner.rebase(2, new[:-1], "x")
+
+
+def test_a_restarted_site_numbers_its_updates_after_the_last_one_in_its_ledger(tmp_path: Path) -> None:
+    topo = load_topology("fraud", {"state_dir": str(tmp_path)})
+    site = topo.sites[0]
+    write_keypair(topo.private_key_path(site), topo.public_key_path(site))
+    first = build_learner(topo, site.id, rng=np.random.default_rng(0), clock=lambda: 0.0, device="cpu")
+    assert site.simulator is not None
+    X, y, _ = first.featurizer.transform(TransactionSimulator(site.id, site.simulator).batch(1500, t=0.0))
+    first.learn(X, y)
+    made = [first.make_update() for _ in range(3)]
+    assert [r["sequence"] for r in made if r is not None] == [1, 2, 3]
+    again = build_learner(topo, site.id, rng=np.random.default_rng(1), clock=lambda: 0.0, device="cpu")
+    assert again.state.next_sequence == 4 and again.report.last_sequence == 3
