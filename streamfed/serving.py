@@ -31,6 +31,7 @@ from streamfed.learners.federated import FederatedModel, LinearLogistic, sigmoid
 from streamfed.registry.reader import open_from_start
 from streamfed.serde import params_from_bytes, sha256_hex
 from streamfed.serde.avro import AvroCodec
+from streamfed.serde.registry import registry_for
 from streamfed.topology.spec import FeatureSpec, KafkaSpec, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class ModelSubscriber:
         self.topic = topic
         self.on_version = on_version
         self.device = device
-        self.codec = AvroCodec("model_version")
+        self.codec = AvroCodec("model_version", registry_for(self.kafka))
         self._current: Scorer | None = None
         self._changed = threading.Condition()
         self._stop = threading.Event()

@@ -34,6 +34,7 @@ from streamfed.privacy.signing import UpdateVerifier
 from streamfed.registry.local import LocalRegistry
 from streamfed.registry.reader import read_latest
 from streamfed.serde.avro import AvroCodec
+from streamfed.serde.registry import registry_for
 from streamfed.topology.spec import AggregationSpec, KafkaSpec
 
 log = logging.getLogger(__name__)
@@ -88,11 +89,12 @@ class Aggregator:
         self.fedbuff = fedbuff
         self.kafka = kafka
         self.topics = topics
-        self.checks = UpdateChecks(model, spec, verifier, secure)
+        registry = registry_for(kafka)
+        self.checks = UpdateChecks(model, spec, verifier, secure, registry)
         self.checkpoint = Checkpoint(home)
         self.local = LocalRegistry(home / "registry")
-        self.version_codec = AvroCodec("model_version")
-        self.lineage_codec = AvroCodec("lineage")
+        self.version_codec = AvroCodec("model_version", registry)
+        self.lineage_codec = AvroCodec("lineage", registry)
         self.group_id = aggregator_group(model.topology)
         self.run_id = uuid.uuid4().hex
         self.meta = VersionMeta(
@@ -114,7 +116,7 @@ class Aggregator:
         self._processed: dict[str, int] = {}
         self.secure = secure
         self.secagg_topic = secagg_topic
-        self.secagg_codec = AvroCodec("secagg_message")
+        self.secagg_codec = AvroCodec("secagg_message", registry)
         self._secagg_in: Consumer | None = None
         self._secagg_out: Producer | None = None
 

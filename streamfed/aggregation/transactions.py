@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from streamfed.kafka.clients import make_producer
 from streamfed.kafka.deadletters import DeadLetterSink
+from streamfed.serde.registry import registry_for
 from streamfed.topology.spec import KafkaSpec
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,12 @@ class TransactionalWriter:
         prod.init_transactions(60)
         self.producer = prod
         self.rejects = DeadLetterSink(
-            prod, self.rejected_topic, "aggregator", None, max_bytes=self.kafka.max_message_bytes
+            prod,
+            self.rejected_topic,
+            "aggregator",
+            None,
+            registry_for(self.kafka),
+            max_bytes=self.kafka.max_message_bytes,
         )
 
     def start(self) -> None:

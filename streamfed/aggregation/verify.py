@@ -22,7 +22,7 @@ from streamfed.aggregation.secure import SecureBuffer
 from streamfed.errors import SerializationError, SignatureError
 from streamfed.privacy.mechanisms import l2_norm
 from streamfed.privacy.signing import UpdateVerifier
-from streamfed.serde.avro import AvroCodec
+from streamfed.serde.avro import AvroCodec, SchemaRegistry
 from streamfed.serde.tensors import params_from_bytes
 from streamfed.topology.spec import AggregationSpec
 
@@ -63,13 +63,18 @@ class UpdateChecks:
     """The aggregator's checks of an update; keeps the last sequence seen per site."""
 
     def __init__(
-        self, model: ModelInfo, spec: AggregationSpec, keys: UpdateVerifier, secure: SecureBuffer | None = None
+        self,
+        model: ModelInfo,
+        spec: AggregationSpec,
+        keys: UpdateVerifier,
+        secure: SecureBuffer | None = None,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.model = model
         self.spec = spec
         self.keys = keys
         self.secure = secure
-        self.codec = AvroCodec("model_update")
+        self.codec = AvroCodec("model_update", registry)
         self.last_seq: dict[str, int] = {}
         # version -> its commit time (ms), for the staleness an update had when it was published
         self.version_times: dict[int, int] = {}

@@ -23,6 +23,7 @@ CacheOpt = Annotated[bool, typer.Option("--from-cache", help="read the aggregato
 def _versions(topology: str, bootstrap: str | None, state_dir: Path | None, from_cache: bool) -> list[dict[str, Any]]:
     from streamfed.registry import LocalRegistry, dedupe_versions, read_topic
     from streamfed.serde.avro import AvroCodec
+    from streamfed.serde.registry import registry_for
 
     topo = load(topology, bootstrap, state_dir, kafka=not from_cache)
     if from_cache:
@@ -30,7 +31,7 @@ def _versions(topology: str, bootstrap: str | None, state_dir: Path | None, from
         return [v for n in reg.list_versions() if (v := reg.get_version(n)) is not None]
     recs = [
         r
-        for _, r in read_topic(topo.kafka, topo.models_topic, AvroCodec("model_version"))
+        for _, r in read_topic(topo.kafka, topo.models_topic, AvroCodec("model_version", registry_for(topo.kafka)))
         if isinstance(r, dict) and r["model"] == topo.model.name
     ]
     return dedupe_versions(recs)

@@ -71,6 +71,7 @@ from streamfed import metrics as M
 from streamfed.errors import ConfigError, SerializationError
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.serde.avro import AvroCodec
+from streamfed.serde.registry import registry_for
 from streamfed.serde.tensors import params_from_bytes
 from streamfed.site.batch import Rejection, learn_batch
 from streamfed.site.build import build_learner
@@ -176,7 +177,7 @@ class SiteAgent:
         self.app = app
         self.site_id = site.id
         self.learner = learner if learner is not None else build_learner(topology, site.id, persist=persist)
-        self.codec = AvroCodec(topology.model.record_schema)
+        self.codec = AvroCodec(topology.model.record_schema, registry_for(topology.kafka))
         self.update_codec = AvroCodec("model_update", self.codec.registry)
         self.version_codec = AvroCodec("model_version", self.codec.registry)
         self.max_records = max_records or min(2000, self.learner.update.every_records)

@@ -10,6 +10,7 @@ from streamfed.privacy.accountant import PrivacyLedger, resolve
 from streamfed.privacy.secagg import load_x25519_private, load_x25519_public, secagg_params
 from streamfed.privacy.signing import FileSigner
 from streamfed.serde.avro import AvroCodec
+from streamfed.serde.registry import registry_for
 from streamfed.site.learner import SiteLearner, SiteState
 from streamfed.site.processor import SiteProcessor, SiteTopics
 from streamfed.site.secure import SecureSite
@@ -67,4 +68,11 @@ def build_site(
     )
     learner = build_learner(topo, site_id, rng)
     secure = build_secure_site(topo, learner) if topo.aggregation.secure is not None else None
-    return SiteProcessor(learner, topo.kafka, topics, AvroCodec(topo.model.record_schema), tamper=tamper, secure=secure)
+    return SiteProcessor(
+        learner,
+        topo.kafka,
+        topics,
+        AvroCodec(topo.model.record_schema, registry_for(topo.kafka)),
+        tamper=tamper,
+        secure=secure,
+    )

@@ -11,6 +11,7 @@ from typing import Any
 from streamfed import metrics as M
 from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
+from streamfed.serde.registry import registry_for
 from streamfed.topology.spec import KafkaSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class RecordProducer:
     def __init__(
         self, kafka: KafkaSpec, schema: str, topology: str, key_field: str, max_pending: int = 200_000
     ) -> None:
-        self.codec = AvroCodec(schema)
+        self.codec = AvroCodec(schema, registry_for(kafka))
         self.producer = ResilientProducer(kafka, f"{topology} records", max_pending=max_pending, on_drop=self._dropped)
         self.topology = topology
         self.key_field = key_field

@@ -298,6 +298,19 @@ class AggregationSpec(Frozen):
 Scalar = str | int | float | bool
 
 
+class SchemaRegistrySpec(Frozen):
+    """A Confluent-API Schema Registry: schemas are registered and looked up there (ids it assigns)."""
+
+    url: str = Field(
+        pattern=r"^(https?|mock)://.+",
+        description="http(s)://host:port of the registry; mock://name: confluent-kafka's in-process registry (tests)",
+    )
+    config: dict[str, Scalar] = Field(
+        default_factory=dict,
+        description="more SchemaRegistryClient settings (basic.auth.user.info, ssl.ca.location, max.retries, ...)",
+    )
+
+
 class KafkaSpec(Frozen):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="overridden by --bootstrap")
     settings: dict[str, Scalar] = Field(
@@ -308,6 +321,11 @@ class KafkaSpec(Frozen):
     partitions: int = Field(3, ge=1, description="partitions of each site's transaction topic")
     replication_factor: int = Field(1, ge=1, description="of every topic StreamFed creates")
     max_message_bytes: int = Field(16 << 20, ge=1 << 20, le=1 << 30)
+    schema_registry: SchemaRegistrySpec | None = Field(
+        None,
+        description="register and look up record schemas in this registry (subject: the record's full name); "
+        "without it, schema ids are local fingerprints",
+    )
 
 
 class SimulatorSpec(Frozen):
