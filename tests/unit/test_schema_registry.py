@@ -122,7 +122,7 @@ def test_an_unreachable_registry_fails_at_start_naming_it(tmp_path: Path) -> Non
 
 
 def test_a_registry_url_must_name_its_scheme() -> None:
-    with pytest.raises(ConfigError, match="kafka.schema_registry.url"):
+    with pytest.raises(ConfigError, match=r"kafka\.schema_registry\.url"):
         load_topology("fraud", {"kafka": {"schema_registry": {"url": "registry:8081"}}})
 
 
