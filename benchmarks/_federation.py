@@ -165,6 +165,8 @@ class ArmResult:
     noise_std: float | None = None  # the std each site adds to each sum (sigma C, or sigma C / sqrt(t))
     unmask_error: float | None = None  # secure: largest |unmasked step - mean of the sites' steps|
     scale: float | None = None  # secure: the quantisation scale
+    # per site, (records of the site seen, the site's lifetime epsilon) after each of its releases
+    epsilon_trace: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def site_auc(self, data: Mapping[str, SiteData], kind: str = "local") -> dict[str, float]:
         return {s: auc(data[s].y, self.scores[kind][s]) for s in data}
@@ -321,6 +323,7 @@ def run_federated(
     root = np.random.default_rng(seed)
     learners = {s: _learner(topo, s, int(root.integers(1 << 62)), publish=True) for s in data}
     scores = _empty_scores(data)
+    trace: dict[str, list[tuple[int, float]]] = {s: [] for s in data}
     for s, a, b in _batches(plan):
         lr = learners[s]
         _learn(lr, data[s], a, b, scores, s)
@@ -328,6 +331,7 @@ def run_federated(
             record = lr.make_update()
             if record is None:
                 break
+            trace[s].append((b, lr.ledger.spent))
             if server.submit(record):
                 sha = server.sha()
                 for other in learners.values():
@@ -342,6 +346,7 @@ def run_federated(
         accepted=server.agg.report.accepted,
         rejected=dict(server.agg.report.rejected_reasons),
         noise_std=priv["sigma"] * topo.privacy.clip_norm,
+        epsilon_trace=trace,
         **priv,
     )
 

@@ -107,7 +107,80 @@ def _arm_rows(name: str, results: list[F.ArmResult], data: dict[str, F.SiteData]
         "per_seed": {k: [r.mean_site_auc(data, k) for r in results] for k in kinds},
         # per site, mean over seeds
         "per_site": {k: {s: float(np.nanmean([r.site_auc(data, k)[s] for r in results])) for s in data} for k in kinds},
+        # for the HTML report (--report): the first seed's curves and epsilon
+        "curves": _curves(first, data),
+        "epsilon_trace": {s: [list(p) for p in t] for s, t in first.epsilon_trace.items()},
     }
+
+
+CURVE_POINTS = 40
+
+
+def _curves(result: F.ArmResult, data: dict[str, F.SiteData]) -> dict[str, dict[str, list[list[float]]]]:
+    """Per kind and site, the AUC of the site's last ``n/8`` (at least 50) records, at about
+    ``CURVE_POINTS`` points along its stream: how each model's ranking changed as the site learnt."""
+    out: dict[str, dict[str, list[list[float]]]] = {}
+    for kind, by_site in result.scores.items():
+        out[kind] = {}
+        for s, d in data.items():
+            n = len(d.y)
+            w = min(n, max(50, n // 8))
+            pts = []
+            for end in range(w, n + 1, max(1, n // CURVE_POINTS)):
+                a = F.auc(d.y[end - w : end], by_site[s][end - w : end])
+                if not math.isnan(a):
+                    pts.append([end, round(a, 4)])
+            out[kind][s] = pts
+    return out
+
+
+def write_report(results: list[dict[str, Any]], path: Path, command: str) -> None:
+    """One HTML page: per data set the table of arms, then per site and privacy target the served,
+    personal and global AUC along the site's stream (with local-only and centralised), and each
+    site's lifetime epsilon after each of its releases. Inline SVG, no scripts (streamfed.report)."""
+    from html import escape
+
+    from streamfed.report import line_chart
+
+    names = {"served": "served", "local": "personal", "global": "global"}
+    parts = []
+    for res in results:
+        arms = res["arms"]
+        base = {a["arm"]: a for a in arms if a["epsilon_target"] is None}
+        fed = [a for a in arms if a["epsilon_target"] is not None and not a["secure"] and not a.get("variant")]
+
+        def row(a: dict[str, Any]) -> str:
+            cells = [f"{a['site_auc'].get(k, {}).get('mean', math.nan):.3f}" for k in names]
+            cells.append("-" if a["epsilon_per_record"] is None else f"{a['epsilon_per_record']:.2f}")
+            return f"<tr><td>{escape(a['arm'])}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+        rows = "".join(row(a) for a in arms)
+        parts.append(
+            f"<h2>{escape(res['dataset'])}: {len(res['sites'])} sites, {res['records']:,} records</h2>"
+            "<table><tr><th>arm</th><th>served</th><th>personal</th><th>global</th><th>epsilon per record</th></tr>"
+            f"{rows}</table><p>Mean site AUC over the seeds; the charts are the first seed's.</p>"
+        )
+        for s in res["sites"]:
+            charts = []
+            for a in fed:
+                series = {names[k]: [tuple(p) for p in a["curves"][k][s]] for k in names if k in a["curves"]}
+                for label in ("local-only", "centralised"):
+                    if label in base:
+                        series[label] = [tuple(p) for p in base[label]["curves"]["local"][s]]
+                charts.append(
+                    line_chart(series, f"AUC at eps {a['epsilon_target']:g}", x_label=f"records of {s}", width=380)
+                )
+            eps = {f"eps {a['epsilon_target']:g}": [tuple(p) for p in a["epsilon_trace"].get(s, [])] for a in fed}
+            charts.append(line_chart(eps, "lifetime epsilon (all releases)", x_label=f"records of {s}", width=380))
+            parts.append(f'<div class="site"><h3>{escape(s)}</h3>{"".join(charts)}</div>')
+    path.write_text(
+        '<!doctype html><html><head><meta charset="utf-8"><title>StreamFed quality</title><style>'
+        "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
+        ".site svg{margin:0 8px 8px 0}</style></head><body><h1>StreamFed quality on real data</h1>"
+        f"<p><code>{escape(command)}</code>. AUC of each model over the site's last n/8 records (at least 50),"
+        " each record scored before it was learnt.</p>" + "".join(parts) + "</body></html>\n"
+    )
 
 
 def _variant(topo_window: int, over: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         help="model.online.micro_batch for every arm, centralised and local-only included (1: river learn_one)",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--report", type=Path, default=None, help="also write an HTML report (AUC and epsilon curves)")
     args = ap.parse_args(argv)
     if args.online_micro_batch is not None:
         F.BASE_OVERRIDES["model"] = {"online": {"micro_batch": args.online_micro_batch}}
@@ -328,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"targets missed: {len(missed)}" + (f" ({'; '.join(missed)})" if missed else ""))
     if args.json is not None:
         args.json.write_text(json.dumps({"epsilons": epsilons, "results": results}, indent=1, default=_json))
+    if args.report is not None:
+        write_report(results, args.report, "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]))
+        print(f"report: {args.report}")
     return 0
 
 

@@ -13,7 +13,14 @@ from html import escape
 from typing import Any
 
 # one colour per series, the same in every chart
-COLOURS = {"served": "#1b7837", "personal": "#2166ac", "global": "#b2182b", "epsilon": "#762a83"}
+COLOURS = {
+    "served": "#1b7837",
+    "personal": "#2166ac",
+    "global": "#b2182b",
+    "epsilon": "#762a83",
+    "local-only": "#999999",
+    "centralised": "#000000",
+}
 
 Series = dict[str, list[tuple[float, float]]]
 
@@ -29,9 +36,14 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
 
 
 def line_chart(
-    series: Series, title: str, y_range: tuple[float, float] | None = None, width: int = 420, height: int = 200
+    series: Series,
+    title: str,
+    y_range: tuple[float, float] | None = None,
+    width: int = 420,
+    height: int = 200,
+    x_label: str = "seconds",
 ) -> str:
-    """An SVG line chart of ``series`` (name -> [(seconds, value)]), x in seconds."""
+    """An SVG line chart of ``series`` (name -> [(x, value)]), x in ``x_label`` units."""
     pts = [p for s in series.values() for p in s if not math.isnan(p[1])]
     left, right, top, bottom = 44, 10, 24, 28
     out = [
@@ -61,7 +73,7 @@ def line_chart(
         out.append(f'<text x="{left - 4}" y="{sy(t) + 3:.1f}" text-anchor="end">{t:g}</text>')
     for t in _ticks(x0, x1):
         out.append(f'<text x="{sx(t):.1f}" y="{height - bottom + 12}" text-anchor="middle">{t:g}</text>')
-    out.append(f'<text x="{width - right}" y="{height - 4}" text-anchor="end">seconds</text>')
+    out.append(f'<text x="{width - right}" y="{height - 4}" text-anchor="end">{escape(x_label)}</text>')
     lx = left + 6
     for name, s in series.items():
         colour = COLOURS.get(name, "#333")

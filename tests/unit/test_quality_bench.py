@@ -20,10 +20,10 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
 
 
-def _run(script: str, tmp_path: Path) -> tuple[str, dict]:
+def _run(script: str, tmp_path: Path, *extra: str) -> tuple[str, dict]:
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", "--json", str(out)],
+        [sys.executable, str(BENCH / script), "--quick", "--json", str(out), *extra],
         capture_output=True,
         text=True,
         timeout=180,
@@ -34,7 +34,12 @@ def _run(script: str, tmp_path: Path) -> tuple[str, dict]:
 
 
 def test_quality_quick(tmp_path: Path) -> None:
-    stdout, result = _run("quality.py", tmp_path)
+    stdout, result = _run("quality.py", tmp_path, "--report", str(tmp_path / "quality.html"))
+    page = (tmp_path / "quality.html").read_text()
+    sites = [s for r in result["results"] for s in r["sites"]]
+    # per site: an AUC chart for each of the two epsilons and one of epsilon over the stream
+    assert page.count("<svg") == 3 * len(sites) and "no data yet" not in page
+    assert all(f"<h3>{s}</h3>" in page for s in sites)
     assert stdout.startswith("# quality on real data")
     assert result["epsilons"] == [1.0, 8.0]
     assert [r["dataset"] for r in result["results"]] == ["heart", "bank", "beijing"]
