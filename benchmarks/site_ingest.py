@@ -1,10 +1,12 @@
 """Records/s of a site's full path against a bare consume+decode loop and a plain river loop.
 
 Full path: ``SiteProcessor.run`` on a pre-filled topic of the embedded broker: consume with
-confluent-kafka, decode (fastavro, Confluent wire format), validate and featurize, prequential
-predict-then-learn (river, every record) with the global model scored too, rolling AUC/log loss,
-ADWIN, replay buffer, deep (torch) steps every 1,000 records, and a clipped, noised, accounted,
-signed update produced every 2,000 records: the shipped ``fraud`` topology, unchanged.
+confluent-kafka, decode (fastavro, Confluent wire format, canonical encoding checked), validate and
+featurize, prequential scoring by the personal, global and served models, the personal model's
+online learner (micro-batches of 16 rows, ``model.online.micro_batch``), rolling AUC/log loss,
+ADWIN, replay buffer, deep (torch) steps every 1,000 records, per-record clipped gradients of the
+wide-and-deep federated model, and a noised, accounted, signed update every 500 records: the
+shipped ``fraud`` topology, unchanged.
 
 Baselines, in the same invocation, over the same topic / the same decoded records:
   (a) bare: confluent-kafka ``consume`` + ``fastavro.schemaless_reader`` per message, nothing else;
@@ -327,8 +329,8 @@ def main() -> None:
                 " river's, which never restarts.\n"
             )
             paired = lambda a, b: median([x / y for x, y in zip(rates[a], rates[b], strict=True)])  # noqa: E731
-            ratio("site_full_path/bare_consume_decode", paired("full", "bare"), ">= 0.7")
-            ratio("site_full_path/plain_river", paired("full", "river"), ">= 3")
+            ratio("site_full_path/bare_consume_decode", paired("full", "bare"), ">= 0.5")
+            ratio("site_full_path/plain_river", paired("full", "river"))
             ratio("site_full_path/river_pipeline", paired("full", "river_pipe"))
             ratio("site_learner_no_kafka/plain_river", paired("learner", "river"))
             cols, rows_ = featurize_paths(base, records)
