@@ -10,14 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from streamfed.learners.base import Matrix, Segment, Vector
+from streamfed.learners.base import Matrix, Vector
+from streamfed.learners.federated import WideAndDeep
 
 # Per-example gradient matrices are built in chunks of at most this many rows x parameters.
 CHUNK_ELEMENTS = 1 << 24
 
 
-class TorchWideAndDeep:
-    """``z = w.x + b + mlp(x)``; per-example gradients by ``torch.func`` on ``device``."""
+class TorchWideAndDeep(WideAndDeep):
+    """``z = w.x + b + mlp(x)``; per-example gradients by ``torch.func`` on ``device``. Layout, size and
+    version 0 are :class:`~streamfed.learners.federated.WideAndDeep`'s; its net is built from them."""
 
     def __init__(self, dim: int, hidden: list[int], seed: int = 0, device: str = "auto") -> None:
         import torch
@@ -25,29 +27,12 @@ class TorchWideAndDeep:
 
         from streamfed.learners.torch_mlp import build_mlp, pick_device
 
+        super().__init__(dim, hidden, seed)
         self._torch = torch
-        self.dim = dim
         self.torch_device = pick_device(device)
         self.device = self.torch_device.type
         self.net: nn.Module = build_mlp(dim, hidden, seed).to(self.torch_device)
-        self._deep = [(name, tuple(p.shape)) for name, p in self.net.named_parameters()]
-        self._n_deep = sum(math.prod(s) for _, s in self._deep)
         self._fn: Any = None
-
-    def layout(self) -> list[Segment]:
-        return [Segment("linear.weights", (self.dim,)), Segment("linear.intercept", (1,))] + [
-            Segment(f"deep.{n}", s) for n, s in self._deep
-        ]
-
-    @property
-    def num_params(self) -> int:
-        return self.dim + 1 + self._n_deep
-
-    def initial_params(self) -> Vector:
-        torch = self._torch
-        with torch.no_grad():
-            deep = torch.nn.utils.parameters_to_vector(self.net.parameters()).to("cpu", torch.float32).numpy()
-        return np.concatenate([np.zeros(self.dim + 1, dtype=np.float32), deep]).astype(np.float32)
 
     def _split(self, flat: Any) -> tuple[Any, Any, dict[str, Any]]:
         w, b = flat[: self.dim], flat[self.dim]
