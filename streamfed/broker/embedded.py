@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
+import random
 import signal
 import socket
 import stat
@@ -37,7 +38,32 @@ def tansu_binary() -> Path:
     return path
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a process that binds it a moment later.
+
+    Picked below the kernel's ephemeral range where there is room: a port from that range can be
+    taken by any outgoing connection before its listener binds it (a site once failed to serve its
+    metrics so, "Address already in use", with the suite's clients connecting all around).
+    """
+    low = _ephemeral_low()
+    if low > 11000:
+        rng = random.SystemRandom()
+        for _ in range(50):
+            port = rng.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
