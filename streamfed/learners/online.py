@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 from river import linear_model, optim
-from river._river_rust.vectordict import VectorDict
 
 from streamfed.learners.base import Matrix, Segment, Vector
 
@@ -41,7 +40,10 @@ class RiverLogisticLearner:
         d = len(self.names)
         if params.shape != (d + 1,):
             raise ValueError(f"expected {d + 1} online parameters, got {params.shape}")
-        self.model._weights = VectorDict({n: float(v) for n, v in zip(self.names, params[:d].tolist(), strict=True)})
+        # the model's own VectorDict class: river moved it between releases (utils, then _river_rust)
+        self.model._weights = type(self.model._weights)(
+            {n: float(v) for n, v in zip(self.names, params[:d].tolist(), strict=True)}
+        )
         self.model.intercept = float(params[d])
 
     def predict_proba_many(self, X: Matrix) -> Vector:

@@ -28,7 +28,11 @@ class Rejection:
 
 
 def learn_batch(
-    learner: SiteLearner, codec: AvroCodec, values: Sequence[bytes | None], timestamps_ms: Sequence[int]
+    learner: SiteLearner,
+    codec: AvroCodec,
+    values: Sequence[bytes | None],
+    timestamps_ms: Sequence[int],
+    contribute: Sequence[bool] | None = None,
 ) -> list[Rejection]:
     """Decode and validate ``values``, learn the usable records, and return the others.
 
@@ -38,7 +42,8 @@ def learn_batch(
     with the featurizer's reason (``missing``, ``out_of_range``, ...), and a second record of the
     same id in one batch as ``duplicate``. Rejections come in that order, each group in batch order.
     ``timestamps_ms[i]`` is the broker timestamp of ``values[i]``; the earliest one of the learned
-    records starts the update window.
+    records starts the update window. ``contribute[i]`` False keeps ``values[i]`` out of the
+    federated update's windows (see :meth:`SiteLearner.learn`).
     """
     records: list[dict[str, Any]] = []
     origin: list[int] = []
@@ -71,5 +76,8 @@ def learn_batch(
         X, y = X[good], y[good]
         origin = [i for i, g in zip(origin, good, strict=True) if g]
     if origin:
-        learner.learn(X, y, first_event_ms=min(timestamps_ms[i] for i in origin))
+        mask = (
+            None if contribute is None else np.fromiter((contribute[i] for i in origin), dtype=bool, count=len(origin))
+        )
+        learner.learn(X, y, first_event_ms=min(timestamps_ms[i] for i in origin), contribute=mask)
     return rejected

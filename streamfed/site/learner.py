@@ -204,10 +204,14 @@ class SiteLearner:
         return _record_epsilon(self.mechanism, k, self.privacy.delta)
 
     # -- learning -------------------------------------------------------------------------------
-    def learn(self, X: np.ndarray, y: np.ndarray, first_event_ms: int | None = None) -> Scores:
+    def learn(
+        self, X: np.ndarray, y: np.ndarray, first_event_ms: int | None = None, contribute: np.ndarray | None = None
+    ) -> Scores:
         """Score every row with the personal, global and served models, then learn the labelled ones.
 
-        ``y`` is NaN where the label is unknown.
+        ``y`` is NaN where the label is unknown. ``contribute`` (a boolean per row, default all) says
+        which labelled rows may go into the federated update's windows; the others are learnt by the
+        personal model and the blend only (a stream job learning again records it already released).
         """
         n = len(X)
         if n == 0:
@@ -227,7 +231,11 @@ class SiteLearner:
             self.served_metrics.update(yl, p_served[labelled])
             self._watch_drift(np.abs(yl - p_served[labelled]))
             if self.contribute:
-                self.contribution.add(X[labelled], yl)
+                if contribute is None:
+                    self.contribution.add(X[labelled], yl)
+                else:
+                    keep = labelled & contribute
+                    self.contribution.add(X[keep], y[keep])
             self.report.labelled += nl
             M.SITE_LABELLED.labels(**self.labels).inc(nl)
             if first_event_ms is not None:
