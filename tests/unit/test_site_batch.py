@@ -148,3 +148,28 @@ def test_the_site_processor_dead_letters_what_learn_batch_rejects(tmp_path: Path
     assert processor.report.dead_letters == 2
     assert processor.report.dead_letter_reasons == {"decode": 1, "out_of_range": 1}
     assert learner.report.records == learner.contribution.pending_examples == 18 and learner.window_first_ms == 1000
+
+
+def test_records_kept_out_of_windows_are_learnt_but_not_contributed(tmp_path: Path) -> None:
+    """contribute=False (a stream job learning again records it already released): the personal
+    model and the blend learn them, the federated windows do not take them."""
+    topo = load_topology("fraud", {"state_dir": str(tmp_path)})
+    site = topo.sites[0]
+    write_keypair(topo.private_key_path(site), topo.public_key_path(site))
+    learner = build_learner(topo, site.id, rng=np.random.default_rng(0), persist=False, clock=lambda: 0.0, device="cpu")
+    assert site.simulator is not None
+    records = TransactionSimulator(site.id, site.simulator).batch(40, t=0.0)
+    for r in records:
+        r["is_fraud"] = bool(r["is_fraud"])
+    codec = AvroCodec(topo.model.record_schema)
+    values: list[bytes | None] = [codec.encode(r) for r in records]
+    values[5] = b"\x00junk"  # rejected: its flag must not shift the others'
+    contribute = [i >= 30 for i in range(len(values))]
+    before = learner.personal.online.get_params().copy()
+
+    rejected = learn_batch(learner, codec, values, [0] * len(values), contribute)
+
+    assert [r.index for r in rejected] == [5]
+    assert learner.report.records == 39
+    assert learner.contribution.pending_examples == 10  # records 30..39 only
+    assert not np.array_equal(learner.personal.online.get_params(), before)  # all 39 were learnt
