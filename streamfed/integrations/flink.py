@@ -92,6 +92,7 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
     raise ImportError("streamfed.integrations.flink needs PyFlink: pip install 'streamfed[flink]'") from exc
 
+from streamfed import metrics as M
 from streamfed.errors import ConfigError, SerializationError
 from streamfed.kafka.clients import make_consumer, site_group
 from streamfed.kafka.deadletters import DeadLetterSink
@@ -258,6 +259,20 @@ def _restore(learner: SiteLearner, blob: bytes) -> tuple[dict[str, int], int, bo
     return dict(snap["read"]), int(snap["position"]), dropped
 
 
+_metrics_served: set[int] = set()
+
+
+def _serve_metrics(port: int | None) -> None:
+    """Serve /metrics once per worker process (a restarted operator opens again in the same one)."""
+    if port is None or port in _metrics_served:
+        return
+    try:
+        M.serve(port)
+        _metrics_served.add(port)
+    except OSError as exc:  # a port taken must not fail the job: it would restart over and over
+        log.warning("metrics not served on port %d: %s", port, exc)
+
+
 class SiteFunction(KeyedProcessFunction):
     """The site learner as a keyed Flink operator; one key, the site.
 
@@ -266,7 +281,8 @@ class SiteFunction(KeyedProcessFunction):
     new model versions, takes the personal model's timed steps and releases due updates. It emits
     one JSON line per update it produces (sequence, base version, examples, epsilon).
 
-    ``source_name`` names a files source in its dead letters' ``source_topic``.
+    ``source_name`` names a files source in its dead letters' ``source_topic``. ``metrics_port``:
+    serve the usual ``streamfed_site_*`` metrics from the Python worker on this port.
     ``fail_once_after`` (tests) raises once, after that many records, to make Flink restore the job.
     """
 
@@ -282,8 +298,10 @@ class SiteFunction(KeyedProcessFunction):
         snapshot_records: int = 20_000,
         snapshot_s: float = 5.0,
         source_name: str | None = None,
+        metrics_port: int | None = None,
         fail_once_after: int | None = None,
     ) -> None:
+        self.metrics_port = metrics_port
         self.topology_path = topology
         self.source_name = source_name
         self.overrides = overrides
@@ -322,6 +340,8 @@ class SiteFunction(KeyedProcessFunction):
         self.models = make_consumer(topo.kafka, None)
         self.models.assign([TopicPartition(topo.models_topic, 0, OFFSET_BEGINNING)])
         self._catch_up_models(TopicPartition(topo.models_topic, 0))
+        _serve_metrics(self.metrics_port)
+        M.ready(topo.name, "site", site.id)
         self.snapshot_state = runtime_context.get_state(ValueStateDescriptor("learner", Types.PICKLED_BYTE_ARRAY()))
         # the batches learnt since the snapshot (one entry each), and the records not learnt yet: lists
         # kept short, as PyFlink's list state slows down with its length
@@ -467,6 +487,7 @@ class SiteFunction(KeyedProcessFunction):
         report = self.learner.report
         report.dead_letters += 1
         report.dead_letter_reasons[reason] = report.dead_letter_reasons.get(reason, 0) + 1
+        M.SITE_DEAD_LETTERS.labels(**self.learner.labels, reason=reason).inc()
 
     # -- state ----------------------------------------------------------------------------------
     def _ensure_restored(self) -> None:
@@ -696,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--monitor-s", type=float, help="watch --files for new files every N seconds")
     ap.add_argument("--bounded", action="store_true", help="read up to the end as of the start, then stop")
     ap.add_argument("--checkpoint-ms", type=int, default=2000)
+    ap.add_argument("--metrics-port", type=int, help="serve Prometheus metrics from the Python worker")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     overrides = {"kafka": {"bootstrap_servers": args.bootstrap}} if args.bootstrap else None
@@ -708,6 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             monitor_s=args.monitor_s,
             bounded=args.bounded,
             checkpoint_ms=args.checkpoint_ms,
+            metrics_port=args.metrics_port,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -161,7 +161,7 @@ def test_file_job_learns_json_lines_and_dead_letters_bad_lines(topology_factory:
         tmp_path,
     )
     try:
-        report = site_job(path, site.id, files=[lake], bounded=True).execute()
+        report = site_job(path, site.id, files=[lake], bounded=True, metrics_port=0).execute()
         wait_for(lambda: _versions(topo), 60, "a global version of the job's updates")
     finally:
         agg_code = stop(agg)
