@@ -30,6 +30,22 @@ StateDirOpt = Annotated[
 MetricsPortOpt = Annotated[int | None, typer.Option("--metrics-port", help="serve Prometheus /metrics here (0: any)")]
 SummaryOpt = Annotated[Path | None, typer.Option("--summary-json", help="write a JSON summary here on exit")]
 DurationOpt = Annotated[float | None, typer.Option("--duration", help="stop after this many seconds")]
+StartGateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--start-gate",
+        help="set up, then wait until this file exists before producing (`streamfed up` starts its sources "
+        "with every other process and creates it once they are all ready)",
+    ),
+]
+
+
+def wait_for_gate(gate: Path | None, stop: threading.Event) -> bool:
+    """Wait until ``gate`` exists (at once if None); False if ``stop`` was set first."""
+    while gate is not None and not gate.exists():
+        if stop.wait(0.05):
+            return False
+    return True
 
 
 LOG_FORMATS = ("text", "json")

@@ -16,6 +16,7 @@ from streamfed.cli.common import (
     BootstrapOpt,
     DurationOpt,
     MetricsPortOpt,
+    StartGateOpt,
     StateDirOpt,
     SummaryOpt,
     TopologyOpt,
@@ -24,6 +25,7 @@ from streamfed.cli.common import (
     load,
     setup_logging,
     stop_on_signals,
+    wait_for_gate,
     write_json,
 )
 from streamfed.errors import StreamfedError
@@ -133,7 +135,7 @@ def site(
             raise typer.BadParameter(f'unknown site "{site_id}"; valid: {", ".join(s.id for s in topo.sites)}')
         metrics.serve(metrics_port if metrics_port is not None else spec.metrics_port)
         provision_topology(topo)
-        proc = build_site(topo, site_id)
+        proc = build_site(topo, site_id, background_deep=True)
     except StreamfedError as exc:
         raise fail(exc) from exc
     stop_on_signals(proc.stop_event)
@@ -179,6 +181,7 @@ def simulate(
     max_records: Annotated[int | None, typer.Option(help="stop after this many records in all")] = None,
     metrics_port: MetricsPortOpt = None,
     summary_json: SummaryOpt = None,
+    start_gate: StartGateOpt = None,
 ) -> None:
     """Produce synthetic card transactions for the topology's simulated sites at their set rates."""
     from streamfed import metrics
@@ -207,6 +210,7 @@ def simulate(
         out = RecordProducer(topo.kafka, topo.model.record_schema, topo.name, "transaction_id")
     except StreamfedError as exc:
         raise fail(exc) from exc
+    wait_for_gate(start_gate, stop)
     sims = [
         (s.id, s.simulator.rate * rate_scale, TransactionSimulator(s.id, s.simulator), topo.transactions_topic(s))
         for s in chosen
@@ -252,6 +256,7 @@ def replay(
     bootstrap: BootstrapOpt = None,
     rate: Annotated[float | None, typer.Option(help="records/s (default: the source's rate)")] = None,
     summary_json: SummaryOpt = None,
+    start_gate: StartGateOpt = None,
 ) -> None:
     """Produce a real data file's rows as records, by the topology's column mapping, at a set rate."""
     from streamfed.kafka import provision_topology
@@ -281,6 +286,7 @@ def replay(
         out = RecordProducer(topo.kafka, topo.model.record_schema, topo.name, id_field)
     except StreamfedError as exc:
         raise fail(exc) from exc
+    wait_for_gate(start_gate, stop)
     topic = topo.transactions_topic(spec)
     sent = 0
     done = False

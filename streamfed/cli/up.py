@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streamfed.cli.common import console, fail, load, setup_logging, write_json
-from streamfed.cli.up_children import GRACE_S, Child, plan
+from streamfed.cli.up_children import GRACE_S, START_GATE, Child, plan
 from streamfed.cli.up_summary import AUC_KEYS, explain, record, summarize
 from streamfed.errors import StreamfedError
 
@@ -129,9 +129,8 @@ def up(
     # seconds since the command started: broker up and topics made, every process ready (the data
     # starts), first record learned, first version committed, stop asked, everything stopped
     timeline: dict[str, float] = {"started": time.monotonic() - t0}
-    for c in children:
-        if c.kind != "source":
-            c.start()
+    for c in children:  # the sources too: they set up, then wait for the start gate
+        c.start()
     failed: list[str] = []
     last: dict[str, tuple[float, float]] = {}
     rates: dict[str, float] = {}
@@ -150,9 +149,7 @@ def up(
                         # every process is in its loop: the data starts, and so does --duration
                         timeline["ready"] = now
                         console.print(f"every process ready after {now:.1f} s; sources start", highlight=False)
-                        for c in children:
-                            if c.kind == "source":
-                                c.start()
+                        (run_dir / START_GATE).touch()
                         sources_started = True
                     elif now > ready_timeout:
                         waiting = [c.name for c in children if c.kind != "source" and not c.ready]

@@ -85,6 +85,11 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "streamfed"]
 
 
+# The sources start with every other process (their imports and set-up overlap the others') and
+# wait for this file in the run folder, which `up` creates once every other process is ready.
+START_GATE = "sources.go"
+
+
 def plan(topo: Topology, topo_arg: str, bootstrap: str, state_dir: Path, run_dir: Path, duration: float) -> list[Child]:
     """The processes for ``topo`` (loaded from ``topo_arg``, which each child is given to load again)."""
     from streamfed.broker.embedded import free_port
@@ -149,6 +154,8 @@ def plan(topo: Topology, topo_arg: str, bootstrap: str, state_dir: Path, run_dir
                     str(duration),
                     "--summary-json",
                     str(run_dir / "simulator.json"),
+                    "--start-gate",
+                    str(run_dir / START_GATE),
                 ],
                 run_dir / "logs" / "simulator.log",
                 run_dir / "simulator.json",
@@ -168,6 +175,8 @@ def plan(topo: Topology, topo_arg: str, bootstrap: str, state_dir: Path, run_dir
                         s.id,
                         "--summary-json",
                         str(run_dir / f"replay-{s.id}.json"),
+                        "--start-gate",
+                        str(run_dir / START_GATE),
                     ],
                     run_dir / "logs" / f"replay-{s.id}.log",
                     run_dir / f"replay-{s.id}.json",

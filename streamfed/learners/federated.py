@@ -17,6 +17,8 @@ is the same model in torch, with per-example gradients from ``torch.func``.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -212,12 +214,20 @@ def build_federated_model(spec: ModelSpec, device: str | None = None) -> Federat
     return wide_and_deep(dim, list(spec.deep.hidden), spec.seed, device or spec.deep.device)
 
 
+def cuda_possible() -> bool:
+    """False where torch cannot find CUDA, known without importing it (2-3 s): Linux without the NVIDIA
+    kernel driver, whose ``/proc/driver/nvidia/version`` CUDA needs. Elsewhere True: ask torch."""
+    if sys.platform.startswith("linux"):
+        return Path("/proc/driver/nvidia/version").exists()
+    return True
+
+
 def wide_and_deep(dim: int, hidden: list[int], seed: int = 0, device: str = "cpu") -> FederatedModel:
     """The numpy :class:`WideAndDeep`, or its torch twin when ``device`` is (or ``auto`` finds) ``cuda``.
 
-    Only ``auto`` and ``cuda`` import torch.
+    Only ``cuda``, and ``auto`` where CUDA could be present, import torch.
     """
-    if device == "cpu":
+    if device == "cpu" or (device == "auto" and not cuda_possible()):
         return WideAndDeep(dim, hidden, seed)
     from streamfed.learners.torch_mlp import pick_device
 

@@ -57,7 +57,10 @@ def build_site(
     site_id: str,
     rng: np.random.Generator | None = None,
     tamper: Callable[[np.ndarray], np.ndarray] | None = None,
+    background_deep: bool = False,
 ) -> SiteProcessor:
+    """The site's processor; ``background_deep`` builds the personal deep model on a thread (see
+    :class:`~streamfed.site.personal.PersonalModel`): ``streamfed site`` does, to start at once."""
     site = topo.site(site_id)
     topics = SiteTopics(
         transactions=topo.transactions_topic(site),
@@ -66,7 +69,7 @@ def build_site(
         dead_letters=topo.dead_letter_topic,
         secagg=topo.secagg_topic if topo.aggregation.secure is not None else None,
     )
-    learner = build_learner(topo, site_id, rng)
+    learner = build_learner(topo, site_id, rng, background_deep=background_deep)
     secure = build_secure_site(topo, learner) if topo.aggregation.secure is not None else None
     return SiteProcessor(
         learner,

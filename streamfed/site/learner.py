@@ -141,6 +141,7 @@ class SiteLearner:
         device: str | None = None,
         noise_divisor: float = 1.0,
         contribute: bool = True,
+        background_deep: bool = False,
     ) -> None:
         from streamfed.privacy.mechanisms import csprng
 
@@ -161,7 +162,12 @@ class SiteLearner:
         self.guard = RecordGuard(site_id, model_spec.site_field, model_spec.id_field, model_spec.dedup_window)
         dev = device or model_spec.deep.device
         self.personal = PersonalModel(
-            model_spec, self.featurizer.names, np.random.default_rng(self.rng.integers(1 << 62)), clock, dev
+            model_spec,
+            self.featurizer.names,
+            np.random.default_rng(self.rng.integers(1 << 62)),
+            clock,
+            dev,
+            background=background_deep,  # a live site: learn at once, torch arrives when it is loaded
         )
         self.federated = build_federated_model(model_spec, dev)
         self.base = self.federated.initial_params()
