@@ -104,7 +104,7 @@ def up(
     run_dir = Path(".streamfed") / "runs" / time.strftime("%Y%m%d-%H%M%S")
     state = state_dir or run_dir / "state"
     broker: EmbeddedBroker | None = None
-    t0 = time.monotonic()
+    t0, t0_unix = time.monotonic(), time.time()
     try:
         if bootstrap is None:
             broker = EmbeddedBroker(log_file=run_dir / "logs" / "broker.log")
@@ -204,6 +204,7 @@ def up(
         timeline["stopped"] = time.monotonic() - t0
     summary = summarize(children, failed, time.monotonic() - t0, bootstrap, run_dir)
     summary["timeline_seconds"] = {k: round(v, 1) for k, v in timeline.items()}
+    summary["timeline_start_unix"] = round(t0_unix, 3)  # the timeline's 0 (benchmarks/startup.py)
     summary["duration_seconds"] = round(timeline["stop"] - timeline.get("ready", timeline["stop"]), 1)
     summary["notes"] = explain(summary, topo)
     write_json(run_dir / "summary.json", summary)
