@@ -64,7 +64,10 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=50_000)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--bootstrap", default=None, help="use this Kafka instead of starting Apache Kafka")
+    ap.add_argument("--quick", action="store_true", help="5,000 records, 1 repetition (CI smoke test)")
     args = ap.parse_args()
+    if args.quick:
+        args.records, args.reps = 5000, 1
     header("flink_site: records/s of the site as a PyFlink job vs streamfed site, same topic", args)
     with ExitStack() as stack:
         bootstrap = args.bootstrap

@@ -10,6 +10,7 @@ exiting; the time until the last one exits is the floor no start-up can beat on 
 
     python benchmarks/startup.py                  # 3 runs of 60 s (~4 min): start-up and AUCs
     python benchmarks/startup.py --runs 1 --duration 15
+    python benchmarks/startup.py --quick           # one run of 5 s
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=60.0, help="each run's --duration")
     ap.add_argument("--topology", default="fraud")
+    ap.add_argument("--quick", action="store_true", help="one run of 5 s (CI smoke test)")
     args = ap.parse_args()
+    if args.quick:
+        args.runs, args.duration = 1, 5.0
     header("startup: streamfed up, seconds from the command to records and the first version", args)
     topo = load_topology(args.topology)
     # aggregator, sites, one simulator or a replay per site: what `up` starts besides the broker

@@ -53,3 +53,8 @@ def test_freshness_quick_prints_latency_ratios_for_3_and_30_sites(bootstrap: str
         for what in ("update_to_version", "transaction_to_update"):
             assert f"{what}_p50/floor_p50[{n} sites]" in ratios, ratios
             assert f"{what}_p99/floor_p99[{n} sites]" in ratios, ratios
+
+
+def test_startup_quick_prints_the_first_record_to_floor_ratio() -> None:
+    ratios = run_quick("startup.py", timeout=180)
+    assert "first_record/floor" in ratios and float(ratios["first_record/floor"]) > 0, ratios

@@ -186,3 +186,15 @@ def test_released_marks_are_durable_and_only_move_forward(tmp_path: Path) -> Non
     again = ReleasedMarks(path)
     assert again.marks == {"0": 41, "2": 7}
     assert not again.allows(0, 41) and again.allows(0, 42) and again.allows(1, 0) and not again.allows(2, 7)
+
+
+def test_flink_benchmark_quick_prints_the_flink_to_site_ratio(bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.integration.test_benchmarks import run_quick
+
+    # the jobs above ran in this process, and PyFlink left its gateway's settings in the environment:
+    # a child that inherits them takes itself for a Python worker and refuses to start a gateway
+    for name in [k for k in os.environ if k.startswith("PYFLINK_GATEWAY")]:
+        monkeypatch.delenv(name)
+
+    ratios = run_quick("flink_site.py", "--bootstrap", bootstrap, timeout=280)
+    assert "flink/site" in ratios and float(ratios["flink/site"]) > 0, ratios
