@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 from streamfed.errors import SchemaError, SerializationError
+from streamfed.serde.columnar import BatchDecoder, plan
 from streamfed.topology.loader import SCHEMA_DIR, is_schema_path, schema_file
 
 MAGIC = 0
@@ -96,6 +98,7 @@ class AvroCodec:
         self.registry = registry or default_registry()
         self.schema_id, self.schema = self.registry.load(name)
         self._header = HEADER.pack(MAGIC, self.schema_id)
+        self._batch: BatchDecoder | bool | None = None  # built on first decode_many
 
     def encode(self, record: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
@@ -138,6 +141,39 @@ class AvroCodec:
         if writer is self.schema:
             self._check_canonical(data, record)
         return record
+
+    def decode_many(self, values: Sequence[bytes | None]) -> list[dict[str, Any] | SerializationError]:
+        """:meth:`decode` of each value: its record, or the error :meth:`decode` raises for it.
+
+        Records of this codec's own schema are read column by column
+        (:class:`~streamfed.serde.columnar.BatchDecoder`, same records, several times faster); any
+        value it does not read (another writer schema, or bytes that are not strictly valid) goes
+        through :meth:`decode`, so every error is the one :meth:`decode` gives.
+        """
+        batch = self._batch_decoder() if len(values) > 1 else None
+        if batch is None:
+            records: list[dict[str, Any] | None] = [None] * len(values)
+            unread = [True] * len(values)
+        else:
+            records, unread_mask = batch.decode(values)
+            unread = unread_mask.tolist()
+        out: list[dict[str, Any] | SerializationError] = []
+        for value, rec, again in zip(values, records, unread, strict=True):
+            if again:
+                try:
+                    rec = self.decode(value)
+                except SerializationError as exc:
+                    out.append(exc)
+                    continue
+            out.append(rec)  # type: ignore[arg-type]
+        return out
+
+    def _batch_decoder(self) -> BatchDecoder | None:
+        """The column decoder of this codec's schema, or None when it is not a flat record."""
+        if self._batch is None:
+            fields = plan(self.schema)
+            self._batch = BatchDecoder(fields, self._header) if fields else False
+        return self._batch or None
 
     def _check_canonical(self, data: bytes, record: dict[str, Any]) -> None:
         """Refuse a body that is not what encoding its record gives back.

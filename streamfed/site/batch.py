@@ -48,11 +48,9 @@ def learn_batch(
     records: list[dict[str, Any]] = []
     origin: list[int] = []
     rejected: list[Rejection] = []
-    for i, value in enumerate(values):
-        try:
-            rec = codec.decode(value)
-        except SerializationError as exc:
-            rejected.append(Rejection(i, "decode", str(exc)))
+    for i, rec in enumerate(codec.decode_many(values)):
+        if isinstance(rec, SerializationError):
+            rejected.append(Rejection(i, "decode", str(rec)))
             continue
         problem = learner.guard.check(rec)
         if problem is not None:

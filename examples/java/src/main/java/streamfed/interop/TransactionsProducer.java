@@ -14,7 +14,8 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
 /**
  * Writes card transactions for one site, as a bank's Java system would, in Kafka transactions of
  * 100 records: COMMITTED records in committed transactions, then ABORTED records in a transaction
- * it aborts (a site reads committed records only, so it must never learn those).
+ * it aborts after they reached the log (a site reads committed records only, so it must never learn
+ * those).
  *
  * <p>Usage: TransactionsProducer BOOTSTRAP TOPIC CARD_TRANSACTION_AVSC SITE_ID COMMITTED ABORTED
  */
@@ -54,6 +55,9 @@ public final class TransactionsProducer {
         if (n <= committed) {
           producer.commitTransaction();
         } else {
+          // send every record of this transaction to the log before aborting it, so that the
+          // log really holds aborted records a read_committed consumer must skip
+          producer.flush();
           producer.abortTransaction();
         }
       }
