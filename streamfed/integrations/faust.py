@@ -67,12 +67,10 @@ try:
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
     raise ImportError("streamfed.integrations.faust needs faust-streaming: pip install 'streamfed[faust]'") from exc
 
-from streamfed import metrics as M
 from streamfed.errors import ConfigError, SerializationError
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.registry import registry_for
-from streamfed.serde.tensors import params_from_bytes
 from streamfed.site.batch import Rejection, learn_batch
 from streamfed.site.build import build_learner
 from streamfed.site.learner import SiteLearner, SiteReport
@@ -240,10 +238,7 @@ class SiteAgent:
 
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         self.dead_letters.send(_FaustMessage(message), reason, detail)
-        report = self.learner.report
-        report.dead_letters += 1
-        report.dead_letter_reasons[reason] = report.dead_letter_reasons.get(reason, 0) + 1
-        M.SITE_DEAD_LETTERS.labels(**self.learner.labels, reason=reason).inc()
+        self.learner.count_dead_letter(reason)
 
     # -- updates --------------------------------------------------------------------------------
     async def _tick(self) -> None:
@@ -290,13 +285,7 @@ class SiteAgent:
         """The version, parameters and digest of a model version record for this site's model, else None."""
         msg = event.message
         try:
-            rec = self.version_codec.decode(msg.value)
-            if rec["model"] != self.learner.spec.name:
-                return None
-            version, sha = int(rec["version"]), str(rec["params_sha256"])
-            if not self.learner.wants(version, sha):
-                return None
-            return version, params_from_bytes(rec["params"], self.learner.num_params), sha
+            return self.learner.wanted_version(self.version_codec, msg.value)
         except (SerializationError, KeyError) as exc:
             log.warning("site=%s ignores an unreadable model version at offset %d: %s", self.site_id, msg.offset, exc)
             return None

@@ -99,7 +99,6 @@ from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.registry import registry_for
-from streamfed.serde.tensors import params_from_bytes
 from streamfed.site.batch import learn_batch
 from streamfed.site.build import build_learner
 from streamfed.site.learner import SiteLearner
@@ -484,10 +483,7 @@ class SiteFunction(KeyedProcessFunction):
 
     def _dead_letter(self, topic: str | None, row: Row, reason: str, detail: str) -> None:
         self.dead.send(_Message(topic, row), reason, detail)
-        report = self.learner.report
-        report.dead_letters += 1
-        report.dead_letter_reasons[reason] = report.dead_letter_reasons.get(reason, 0) + 1
-        M.SITE_DEAD_LETTERS.labels(**self.learner.labels, reason=reason).inc()
+        self.learner.count_dead_letter(reason)
 
     # -- state ----------------------------------------------------------------------------------
     def _ensure_restored(self) -> None:
@@ -567,14 +563,12 @@ class SiteFunction(KeyedProcessFunction):
             if msg.error() is not None:
                 continue
             try:
-                rec = self.version_codec.decode(msg.value())
-                if rec["model"] != self.learner.spec.name:
-                    continue
-                version, sha = int(rec["version"]), rec["params_sha256"]
-                if self.learner.wants(version, sha):
-                    self.learner.rebase(version, params_from_bytes(rec["params"], self.learner.num_params), sha)
+                wanted = self.learner.wanted_version(self.version_codec, msg.value())
             except (SerializationError, KeyError) as exc:
                 log.warning("site=%s ignores an unreadable model version at %d: %s", self.site_id, msg.offset(), exc)
+                continue
+            if wanted is not None:
+                self.learner.rebase(*wanted)
 
     def _write_report(self) -> None:
         self.learner.export_quality()
@@ -587,7 +581,9 @@ class SiteFunction(KeyedProcessFunction):
         )
         path = self.home / REPORT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)  # whoever waits for the report never reads half of it
 
 
 @dataclass
@@ -609,7 +605,6 @@ class SiteJob:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the site's operator wrote no report to {self.report_path} in {close_timeout_s} s")
             time.sleep(0.05)
-        time.sleep(0.05)  # written in one call; let it land
         return dict(json.loads(self.report_path.read_text()))
 
 

@@ -38,7 +38,8 @@ from streamfed.learners.features import Featurizer
 from streamfed.learners.federated import build_federated_model, sigmoid
 from streamfed.privacy.accountant import Mechanism, PrivacyLedger, Release, epsilon
 from streamfed.privacy.signing import SiteSigner
-from streamfed.serde.tensors import params_to_bytes, sha256_hex
+from streamfed.serde.avro import AvroCodec
+from streamfed.serde.tensors import params_from_bytes, params_to_bytes, sha256_hex
 from streamfed.site.contribution import FederatedContribution
 from streamfed.site.guard import RecordGuard
 from streamfed.site.personal import PersonalModel
@@ -423,6 +424,26 @@ class SiteLearner:
         transaction stays visible on brokers without read_committed filtering.
         """
         return version > self.base_version or (version == self.base_version and sha != self.base_sha)
+
+    def wanted_version(self, codec: AvroCodec, value: bytes | None) -> tuple[int, np.ndarray, str] | None:
+        """``(version, parameters, digest)`` of a model version message to rebase on, else None.
+
+        None for another model's version or one :meth:`wants` declines; raises
+        :class:`~streamfed.errors.SerializationError` or ``KeyError`` for an unreadable record.
+        """
+        rec = codec.decode(value)
+        if rec["model"] != self.spec.name:
+            return None
+        version, sha = int(rec["version"]), str(rec["params_sha256"])
+        if not self.wants(version, sha):
+            return None
+        return version, params_from_bytes(rec["params"], self.num_params), sha
+
+    def count_dead_letter(self, reason: str) -> None:
+        """Count one record sent to the dead-letter topic, in the report and the metric."""
+        self.report.dead_letters += 1
+        self.report.dead_letter_reasons[reason] = self.report.dead_letter_reasons.get(reason, 0) + 1
+        M.SITE_DEAD_LETTERS.labels(**self.labels, reason=reason).inc()
 
     def rebase(self, version: int, params: np.ndarray, sha: str) -> None:
         """Serve and contribute from a new global version (the personal model is untouched)."""

@@ -23,7 +23,6 @@ from streamfed.kafka.clients import make_consumer, raise_if_fatal, site_group
 from streamfed.kafka.deadletters import DeadLetterSink
 from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
-from streamfed.serde.tensors import params_from_bytes
 from streamfed.site.batch import learn_batch
 from streamfed.site.learner import SiteLearner, SiteReport
 from streamfed.site.secure import SecureSite
@@ -214,9 +213,7 @@ class SiteProcessor:
     def _dead_letter(self, msg: Message, reason: str, detail: str) -> None:
         assert self._dead is not None
         self._dead.send(msg, reason, detail)
-        self.report.dead_letters += 1
-        self.report.dead_letter_reasons[reason] = self.report.dead_letter_reasons.get(reason, 0) + 1
-        M.SITE_DEAD_LETTERS.labels(**self._labels, reason=reason).inc()
+        self.learner.count_dead_letter(reason)
 
     def publish(self) -> bool:
         """Make the window's update durable in the ledger, commit offsets, then produce it.
@@ -269,14 +266,11 @@ class SiteProcessor:
             if msg.error() is not None:
                 continue
             try:
-                rec = self.version_codec.decode(msg.value())
-                if rec["model"] != self.learner.spec.name:
-                    continue
-                version, sha = int(rec["version"]), rec["params_sha256"]
-                if self.learner.wants(version, sha):
-                    params = params_from_bytes(rec["params"], self.learner.num_params)
-                    self.learner.rebase(version, params, sha)
+                wanted = self.learner.wanted_version(self.version_codec, msg.value())
             except (SerializationError, KeyError) as exc:
                 log.warning(
                     "site=%s ignores an unreadable model version at offset %d: %s", self.site_id, msg.offset(), exc
                 )
+                continue
+            if wanted is not None:
+                self.learner.rebase(*wanted)

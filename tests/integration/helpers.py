@@ -65,3 +65,21 @@ def tail(path: Path, n: int = 40) -> str:
         return "\n".join(path.read_text().splitlines()[-n:])
     except OSError:
         return "(no log)"
+
+
+def site_updates(topo: Any, site_id: str) -> list[dict[str, Any]]:
+    """The decoded updates of ``site_id`` in the topology's updates topic (read until 2 s idle)."""
+    from streamfed.registry import read_topic
+    from streamfed.serde.avro import AvroCodec
+
+    got = read_topic(topo.kafka, topo.updates_topic, AvroCodec("model_update"), idle_s=2.0)
+    return [rec for _, rec in got if isinstance(rec, dict) and rec["site_id"] == site_id]
+
+
+def dead_letters(topo: Any) -> list[dict[str, Any]]:
+    """The decoded records of the topology's dead-letter topic (read until 2 s idle)."""
+    from streamfed.registry import read_topic
+    from streamfed.serde.avro import AvroCodec
+
+    got = read_topic(topo.kafka, topo.dead_letter_topic, AvroCodec("dead_letter"), idle_s=2.0)
+    return [rec for _, rec in got if isinstance(rec, dict)]

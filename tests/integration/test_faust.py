@@ -25,10 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamfed.kafka import provision_topology
 from streamfed.privacy.accountant import PrivacyLedger, resolve_noise_multiplier
 from streamfed.privacy.signing import UpdateVerifier, load_public_key, write_keypair
-from streamfed.registry import read_topic
 from streamfed.serde.avro import AvroCodec
 from streamfed.sources import RecordProducer, TransactionSimulator
-from tests.integration.helpers import read_json, start, stop, tail, wait_for
+from tests.integration.helpers import dead_letters, read_json, site_updates, start, stop, tail, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -37,16 +36,6 @@ EXAMPLE = ROOT / "examples" / "faust_app.py"
 FAST = {"update": {"every_records": 1000, "every_seconds": 1.0, "min_records": 50}, "aggregation": {"buffer_size": 1}}
 RECORDS = 2000
 MALFORMED = b"\x00not an avro record"
-
-
-def _site_updates(topo: Any, site_id: str) -> list[dict[str, Any]]:
-    got = read_topic(topo.kafka, topo.updates_topic, AvroCodec("model_update"), idle_s=2.0)
-    return [rec for _, rec in got if isinstance(rec, dict) and rec["site_id"] == site_id]
-
-
-def _dead_letters(topo: Any) -> list[dict[str, Any]]:
-    got = read_topic(topo.kafka, topo.dead_letter_topic, AvroCodec("dead_letter"), idle_s=2.0)
-    return [rec for _, rec in got if isinstance(rec, dict)]
 
 
 def _metrics(port: int) -> dict[tuple[str, str], float]:
@@ -115,7 +104,7 @@ def test_faust_app_learns_dead_letters_publishes_and_rebases(topology_factory, t
 
     def rebased() -> list[dict[str, Any]] | None:
         """The updates once one is based on a global version; until then more records close more windows."""
-        ups = _site_updates(topo, site.id)
+        ups = site_updates(topo, site.id)
         if any(u["base_version"] >= 1 for u in ups):
             return ups
         if ups:
@@ -151,7 +140,7 @@ def test_faust_app_learns_dead_letters_publishes_and_rebases(topology_factory, t
     # Bad records: dead-lettered with their reason and counted (the good ones were all learned, above).
     assert counted[("streamfed_site_dead_letters_total", "decode")] == 1
     assert counted[("streamfed_site_dead_letters_total", "out_of_range")] == 1
-    dead = {rec["reason"]: rec for rec in _dead_letters(topo)}
+    dead = {rec["reason"]: rec for rec in dead_letters(topo)}
     assert set(dead) == {"decode", "out_of_range"}, dead
     for reason, key in (("decode", b"malformed"), ("out_of_range", b"bad-hour")):
         letter = dead[reason]
@@ -167,7 +156,7 @@ def test_faust_app_learns_dead_letters_publishes_and_rebases(topology_factory, t
 
     # Updates: signed, clipped and noised as the topology says, accounted in the site's ledger, and
     # accepted by the aggregator, whose versions the app rebased on.
-    seen, updates = len(updates), _site_updates(topo, site.id)
+    seen, updates = len(updates), site_updates(topo, site.id)
     assert len(updates) >= max(seen, 2)
     verifier = UpdateVerifier({site.id: [load_public_key(topo.public_key_path(site))]})
     for rec in updates:

@@ -30,7 +30,7 @@ from streamfed.privacy.signing import UpdateVerifier, load_public_key, write_key
 from streamfed.registry import read_topic
 from streamfed.serde.avro import AvroCodec
 from streamfed.sources import RecordProducer, TransactionSimulator
-from tests.integration.helpers import read_json, start, stop, tail, wait_for
+from tests.integration.helpers import dead_letters, read_json, site_updates, start, stop, tail, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink]
 
@@ -39,16 +39,6 @@ FAST = {
     "aggregation": {"buffer_size": 1},
 }
 MALFORMED = b"\x00not an avro record"
-
-
-def _site_updates(topo: Any, site_id: str) -> list[dict[str, Any]]:
-    got = read_topic(topo.kafka, topo.updates_topic, AvroCodec("model_update"), idle_s=2.0)
-    return [rec for _, rec in got if isinstance(rec, dict) and rec["site_id"] == site_id]
-
-
-def _dead_letters(topo: Any) -> list[dict[str, Any]]:
-    got = read_topic(topo.kafka, topo.dead_letter_topic, AvroCodec("dead_letter"), idle_s=2.0)
-    return [rec for _, rec in got if isinstance(rec, dict)]
 
 
 def _setup(topology_factory: Any) -> tuple[Path, Any, Any]:
@@ -61,7 +51,7 @@ def _setup(topology_factory: Any) -> tuple[Path, Any, Any]:
 
 def _check_updates(topo: Any, site: Any, labelled: int) -> list[dict[str, Any]]:
     """Signed, in the ledger, each sequence once, and no record in two windows."""
-    updates = _site_updates(topo, site.id)
+    updates = site_updates(topo, site.id)
     assert updates, "the job published no update"
     verifier = UpdateVerifier({site.id: [load_public_key(topo.public_key_path(site))]})
     for rec in updates:
@@ -115,7 +105,7 @@ def test_kafka_job_learns_dead_letters_publishes_rebases_and_survives_a_restore(
     assert report["restores"] == 1 and report["replayed"] > 0, report  # the restore path ran
     assert report["records"] == len(records), report  # every record learnt once, across the restore
     assert report["dead_letters"] == 2 and report["dead_letter_reasons"] == {"decode": 1, "out_of_range": 1}
-    dead = {rec["reason"]: rec for rec in _dead_letters(topo)}
+    dead = {rec["reason"]: rec for rec in dead_letters(topo)}
     assert set(dead) == {"decode", "out_of_range"}, dead
     assert (dead["decode"]["source_topic"], dead["decode"]["key"], dead["decode"]["value"]) == (
         topic,
@@ -168,7 +158,7 @@ def test_file_job_learns_json_lines_and_dead_letters_bad_lines(topology_factory:
     assert agg_code == 0, tail(logs / "agg.log")
     assert report["records"] == len(records), report
     assert report["dead_letter_reasons"] == {"decode": 2}, report
-    dead = _dead_letters(topo)
+    dead = dead_letters(topo)
     assert len(dead) == 2 and all(d["source_topic"] == f"file:{lake.resolve()}" for d in dead), dead
     assert {d["value"] for d in dead} == {lines[10].encode(), lines[20].encode()}
     assert any("amount" in d["detail"] for d in dead), dead
