@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from river import linear_model, optim
+from scipy.linalg.lapack import dgesv as _dgesv
 
 from streamfed.learners.base import Matrix, Segment, Vector
 
@@ -137,31 +138,35 @@ class MicroBatchLogistic:
         self.prequential_many(X, y)
 
     def prequential_many(self, X: Matrix, y: Vector) -> Vector:
-        """Each row's prediction before it is learnt; rows learnt as their micro-batches complete."""
+        """Each row's prediction before it is learnt; rows learnt as their micro-batches complete.
+
+        A row of unknown label (NaN) is scored and weighs nothing in its micro-batch's step.
+        """
         n = len(X)
         Xt = np.ones((n, len(self.theta)), dtype=np.float64)
         Xt[:, :-1] = X
         yd = np.asarray(y, dtype=np.float64)
+        known = ~np.isnan(yd)
+        w = known.astype(np.float64)  # 1 labelled, 0 not: no boolean indexing per micro-batch
+        t = np.where(known, yd, 0.0)
         out = np.empty(n, dtype=np.float64)
+        g, H, mb = self._g, self._H, self.micro_batch
         i = 0
         while i < n:
-            j = min(n, i + self.micro_batch - self._filled)
-            x, t = Xt[i:j], yd[i:j]
+            j = min(n, i + mb - self._filled)
+            x = Xt[i:j]
             z = x @ self.theta
             np.clip(z, -500.0, 500.0, out=z)
             p = 1.0 / (1.0 + np.exp(-z))
             out[i:j] = p
-            known = ~np.isnan(t)
-            if not known.all():
-                x, p, t = x[known], p[known], t[known]
-            if len(t):
-                self._g += (p - t) @ x
-                self._H += (x * (p * (1.0 - p))[:, None]).T @ x
-                if self.l2:
-                    self._present[:-1] += (x[:, :-1] != 0.0).sum(axis=0)
+            wi = w[i:j]
+            g += (wi * (p - t[i:j])) @ x
+            H += (x.T * (wi * (p * (1.0 - p)))) @ x
+            if self.l2:
+                self._present[:-1] += (x[:, :-1] != 0.0).T @ wi
             self._filled += j - i
             i = j
-            if self._filled == self.micro_batch:
+            if self._filled == mb:
                 self._step()
         return out.astype(np.float32)
 
@@ -174,5 +179,10 @@ class MicroBatchLogistic:
             A[diag] += reg
         A *= lr
         A[diag] += 1.0
-        self.theta -= np.linalg.solve(A, lr * g)
+        # A = I + lr (curvature + L2) is positive definite. LAPACK's dgesv, the routine numpy's
+        # solve wraps, called without numpy's per-call checks: 3 us a step instead of 10 here.
+        _, _, step, info = _dgesv(A, lr * g)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"online step: singular system (dgesv info {info})")
+        self.theta -= step
         self._reset()

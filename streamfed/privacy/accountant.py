@@ -346,20 +346,39 @@ class PrivacyLedger:
             )
         return after
 
-    def record(self, release: Release) -> float:
-        """Append ``release`` durably (fsync) and return the lifetime epsilon after it."""
+    def record(self, release: Release, durable: bool = True) -> float:
+        """Append ``release`` and return the lifetime epsilon after it.
+
+        ``durable`` (the default) fsyncs the line before returning. With ``durable=False`` the line
+        is only handed to the operating system: call :meth:`sync` before the release leaves.
+        """
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(asdict(release)) + "\n")
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
         after = self._after(release)
         self.releases.append(release)
         self._groups[_key(release)] += 1
         self._spent = after
         self._checked = None
         return self._spent
+
+    def sync(self) -> None:
+        """fsync the ledger: every line :meth:`record` wrote before this call is durable when it returns.
+
+        Thread-safe against :meth:`record` (an fsync covers the whole file, whichever descriptor
+        wrote it), so a site can make one release durable while it goes on learning.
+        """
+        if self.path is None or not self.path.exists():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _after(self, release: Release) -> float:
         """Lifetime epsilon with ``release`` added; the last answer is kept for the record that follows

@@ -312,11 +312,13 @@ class SiteLearner:
         tamper: Callable[[np.ndarray], np.ndarray] | None = None,
         encode: Callable[[np.ndarray, dict[str, Any]], None] | None = None,
         merge: bool = False,
+        durable: bool = True,
     ) -> dict[str, Any] | None:
         """The signed update record of the next window, or None when the budget forbids one.
 
-        The ledger entry and the next sequence number are durable when this returns; the caller
-        commits its consumed offsets and only then produces the record. ``tamper`` (tests of the
+        The ledger entry and the next sequence number are durable when this returns (with
+        ``durable=False``, once ``self.ledger.sync()`` has returned); the caller commits its
+        consumed offsets and only then produces the record. ``tamper`` (tests of the
         aggregator's defences only) rewrites the noised delta as a malicious site would.
         ``encode`` replaces the record's parameters before signing: secure aggregation masks the
         noised *sum* (``delta * num_examples``), which the aggregator divides by the buffer's slots;
@@ -354,7 +356,8 @@ class SiteLearner:
                 m.kind,
                 m.steps,
                 m.sampling_rate,
-            )
+            ),
+            durable=durable,
         )
         now_ms = int(time.time() * 1000)
         cpu_s, gpu_s = self.cpu.read(), self._gpu_seconds

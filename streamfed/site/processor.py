@@ -11,8 +11,11 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -82,6 +85,9 @@ class SiteProcessor:
         self._dead: DeadLetterSink | None = None
         self._secagg: Consumer | None = None
         self._secagg_codec = AvroCodec("secagg_message", codec.registry)
+        # updates whose ledger lines are being fsynced: (done, record, offsets read up to its window)
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ledger-{self.site_id}")
+        self._durable: deque[tuple[Future[None], dict[str, Any], list[TopicPartition] | None]] = deque()
 
     @property
     def report(self) -> SiteReport:
@@ -149,6 +155,12 @@ class SiteProcessor:
             M.SITE_UPDATES_PENDING.labels(**self._labels).set(self._updates.pending)
 
     def _close(self) -> None:
+        if self._durable and self._updates is not None and self._consumer is not None:
+            try:  # what was made durable before the stop is released before the producer flushes
+                self._release_durable(wait=True)
+            except Exception:
+                log.exception("site=%s could not release %d update(s) at shutdown", self.site_id, len(self._durable))
+                self._durable.clear()
         if self._updates is not None:
             left = self._updates.flush(10)
             self.report.updates_pending = left
@@ -188,6 +200,7 @@ class SiteProcessor:
                 self.learner.maybe_step()
                 while self.learner.due() and self.publish():
                     pass
+                self._release_durable()
                 self._poll_producers()
         finally:
             self.report.seconds = time.monotonic() - t0
@@ -219,24 +232,45 @@ class SiteProcessor:
         """Make the window's update durable in the ledger, commit offsets, then produce it.
 
         A crash can lose an update but never release a record more than ``k`` times or reuse a
-        sequence number.
+        sequence number. The ledger's fsync (milliseconds on some disks, once per update) runs on
+        a thread while the site goes on learning; the update waits for it, then for the commit of
+        the offsets read up to its window's end, and only then is produced, in sequence order
+        (:meth:`_release_durable`).
         """
         assert self._updates is not None and self._consumer is not None
         if self.secure is not None and not self.secure.can_publish(self.learner.base_version):
             return False  # this buffer has our update; keep learning until the next version
         secure = self.secure
         record = self.learner.make_update(
-            self.tamper, secure.encode if secure is not None else None, merge=secure is not None
+            self.tamper, secure.encode if secure is not None else None, merge=secure is not None, durable=False
         )
         if record is None:
             return False
         try:
-            self._consumer.commit(asynchronous=False)
-        except KafkaException as exc:  # nothing consumed yet, or a rebalance: not fatal
-            log.debug("site=%s offset commit before publish: %s", self.site_id, exc)
-        self._updates.produce(self.topics.updates, key=self.site_id.encode(), value=self.update_codec.encode(record))
-        self._updates.poll(0)
+            read = [tp for tp in self._consumer.position(self._consumer.assignment()) if tp.offset >= 0]
+        except KafkaException as exc:  # a rebalance under way: commit what the consumer has
+            log.debug("site=%s positions before publish: %s", self.site_id, exc)
+            read = None
+        self._durable.append((self._syncer.submit(self.learner.ledger.sync), record, read))
+        self._release_durable(wait=secure is not None)  # secure aggregation: one update per version, now
         return True
+
+    def _release_durable(self, wait: bool = False) -> None:
+        """Commit and produce, in order, the updates whose ledger lines are durable (all with ``wait``)."""
+        assert self._updates is not None and self._consumer is not None
+        while self._durable and (wait or self._durable[0][0].done()):
+            synced, record, read = self._durable.popleft()
+            synced.result()  # an fsync that failed raises: never release what the ledger may not hold
+            try:
+                if read is None:
+                    self._consumer.commit(asynchronous=False)
+                elif read:
+                    self._consumer.commit(offsets=read, asynchronous=False)
+            except KafkaException as exc:  # nothing consumed yet, or a rebalance: not fatal
+                log.debug("site=%s offset commit before publish: %s", self.site_id, exc)
+            value = self.update_codec.encode(record)
+            self._updates.produce(self.topics.updates, key=self.site_id.encode(), value=value)
+            self._updates.poll(0)
 
     # -- secure aggregation ---------------------------------------------------------------------
     def _poll_secagg(self) -> None:

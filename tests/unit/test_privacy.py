@@ -224,6 +224,25 @@ def test_ledger_persists_and_reloads(tmp_path: Path) -> None:
     assert again.releases == ledger.releases
 
 
+def test_ledger_fsyncs_each_line_or_leaves_it_to_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    path = tmp_path / "ledger.jsonl"
+    ledger = PrivacyLedger(1e-6, path=path)
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    ledger.record(_rel(1, 2.0))
+    assert len(synced) == 1  # durable by default
+    spent = ledger.record(_rel(2, 2.0), durable=False)
+    ledger.record(_rel(3, 2.0), durable=False)
+    assert len(synced) == 1 and spent < ledger.spent  # accounted at once, not yet fsynced
+    assert [json.loads(line)["sequence"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    ledger.sync()
+    assert len(synced) == 2  # one fsync covers every line written before it
+    PrivacyLedger(1e-6).sync()  # no file: nothing to do
+
+
 def test_ledger_spent_equals_the_composition_of_its_releases() -> None:
     ledger = PrivacyLedger(1e-5)
     for seq in range(1, 4):
