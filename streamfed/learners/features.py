@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from streamfed.errors import SerializationError
+from streamfed.serde.columnar import Column
 from streamfed.topology.spec import FeatureSpec
 
 Transformed = tuple[np.ndarray, np.ndarray, list[bool | str]]
@@ -131,6 +132,19 @@ class Featurizer:
         except TypeError:
             return None
         columns = list(zip(*fetched, strict=True)) if len(self._fields) > 1 else [fetched]
+        return self._from_columns(columns, n)
+
+    def transform_columns(self, columns: Mapping[str, Column], n: int) -> Transformed | None:
+        """:meth:`transform` of ``n`` records given as columns (field name -> one value per record, a
+        list or a numpy array: :meth:`~streamfed.serde.avro.AvroCodec.decode_columns`), when every
+        record passes every check; else None, and the caller uses :meth:`transform` on the records
+        (which gives each bad one its reason). A field the columns lack reads as None."""
+        if n == 0:
+            return None
+        nones = [None] * n
+        return self._from_columns([columns.get(k, nones) for k in self._fields], n)
+
+    def _from_columns(self, columns: Sequence[Column], n: int) -> Transformed | None:
         numeric, k = columns[: len(self.spec.numeric)], len(self.spec.numeric)
         categorical = columns[k : k + len(self.spec.categorical)]
         k += len(self.spec.categorical)
@@ -138,12 +152,17 @@ class Featurizer:
         X = np.zeros((n, self.dim), dtype=np.float32)
         j = 0
         for f, col in zip(self.spec.numeric, numeric, strict=True):
-            kinds = set(map(type, col))
-            if kinds - _NUMBER:
-                if f.missing is None or kinds - _NUMBER != {type(None)}:
+            if isinstance(col, np.ndarray):
+                if col.dtype.kind not in "iuf":  # booleans are no numbers here, as in row()
                     return None
-                col = tuple(f.missing if v is None else v for v in col)
-            v = np.asarray(col, dtype=np.float64)
+                v = col.astype(np.float64, copy=False)
+            else:
+                kinds = set(map(type, col))
+                if kinds - _NUMBER:
+                    if f.missing is None or kinds - _NUMBER != {type(None)}:
+                        return None
+                    col = tuple(f.missing if v is None else v for v in col)
+                v = np.asarray(col, dtype=np.float64)
             if not np.isfinite(v).all():
                 return None
             if (f.min is not None and (v < f.min).any()) or (f.max is not None and (v > f.max).any()):
@@ -163,20 +182,30 @@ class Featurizer:
                 j += 1
         rows = np.arange(n)
         for c, index, cats in zip(self.spec.categorical, self._cat_index, categorical, strict=True):
-            if set(map(type, cats)) != {str}:
+            if isinstance(cats, np.ndarray) or set(map(type, cats)) != {str}:
                 return None
             kk = np.fromiter(map(index.get, cats, [-1] * n), dtype=np.int64, count=n)
             known = kk >= 0
             X[rows[known], j + kk[known]] = 1.0
             j += len(c.values)
         for col in boolean:
-            if set(map(type, col)) != {bool}:
-                return None
-            X[:, j] = np.fromiter(col, dtype=np.float32, count=n)
+            if isinstance(col, np.ndarray):
+                if col.dtype.kind != "b":
+                    return None
+                X[:, j] = col
+            else:
+                if set(map(type, col)) != {bool}:
+                    return None
+                X[:, j] = np.fromiter(col, dtype=np.float32, count=n)
             j += 1
-        if set(map(type, labels)) - {bool, type(None)}:
-            return None
-        y = np.array(labels, dtype=np.float32) if None not in labels else _labels(labels)
+        if isinstance(labels, np.ndarray):
+            if labels.dtype.kind != "b":
+                return None
+            y = labels.astype(np.float32)
+        else:
+            if set(map(type, labels)) - {bool, type(None)}:
+                return None
+            y = np.array(labels, dtype=np.float32) if None not in labels else _labels(labels)
         return X, y, [True] * n
 
 

@@ -20,7 +20,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 from streamfed.errors import SchemaError, SerializationError
-from streamfed.serde.columnar import BatchDecoder, plan
+from streamfed.serde.columnar import BatchDecoder, Column, plan
 from streamfed.topology.loader import SCHEMA_DIR, is_schema_path, schema_file
 
 MAGIC = 0
@@ -167,6 +167,13 @@ class AvroCodec:
                     continue
             out.append(rec)  # type: ignore[arg-type]
         return out
+
+    def decode_columns(self, values: Sequence[bytes | None]) -> dict[str, Column] | None:
+        """Every value as columns (field name -> one value per record, see
+        :meth:`~streamfed.serde.columnar.BatchDecoder.columns`), when every one of them is a strictly
+        valid body of this codec's own schema; else None (use :meth:`decode_many`)."""
+        batch = self._batch_decoder() if len(values) > 1 else None
+        return None if batch is None else batch.columns(values)
 
     def _batch_decoder(self) -> BatchDecoder | None:
         """The column decoder of this codec's schema, or None when it is not a flat record."""

@@ -31,6 +31,8 @@ _AR = np.arange(_PAD, dtype=np.int64)
 _SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "string", "bytes"}
 
+Column = list[Any] | np.ndarray  # one field of every record read: an array for booleans and numbers
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -93,12 +95,39 @@ class BatchDecoder:
         n = len(values)
         unread = np.ones(n, dtype=bool)
         out: list[dict[str, Any] | None] = [None] * n
+        got = self.read(values)
+        if got is None:
+            return out, unread
+        index, columns = got
+        rows = to_rows(self.names, columns)
+        if len(index) == n:  # every value read (the usual batch)
+            return rows, np.zeros(n, dtype=bool)  # type: ignore[return-value]
+        for i, row in zip(index.tolist(), rows, strict=True):
+            out[i] = row
+        unread[index] = False
+        return out, unread
+
+    def columns(self, values: Sequence[bytes | None]) -> dict[str, Column] | None:
+        """Every value's fields as one column per field name, or None unless every value was read.
+
+        A column is a numpy array for ``boolean``, ``int``, ``long``, ``float`` and ``double`` fields
+        (bool, int64, float64), a list otherwise (None for a null branch of a union).
+        """
+        got = self.read(values)
+        if got is None or len(got[0]) != len(values):
+            return None
+        return dict(zip(self.names, got[1], strict=True))
+
+    def read(self, values: Sequence[bytes | None]) -> tuple[np.ndarray, list[Column]] | None:
+        """``(index, columns)``: the positions in ``values`` of the records read, in order, and their
+        fields, one column per field; None when none could be read."""
+        n = len(values)
         cand = [i for i, v in enumerate(values) if type(v) is bytes and len(v) > len(self.header)]
         if not cand:
-            return out, unread
+            return None
         bodies = values if len(cand) == n else [values[i] for i in cand]
-        data = b"".join(bodies)
-        lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))
+        data = b"".join(bodies)  # type: ignore[arg-type]
+        lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))  # type: ignore[arg-type]
         ends = np.cumsum(lengths)
         starts = ends - lengths
         buf = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
@@ -106,7 +135,7 @@ class BatchDecoder:
         reader = _Reader(buf, data, ends, len(data))
         idx = np.flatnonzero(ok)
         pos = starts[idx] + len(self.header)
-        columns = []
+        columns: list[Column] = []
         for _, kind in self.fields:
             col, pos, bad = reader.read(kind, idx, pos)
             if bad.any():  # keep reading only the records still good
@@ -116,23 +145,26 @@ class BatchDecoder:
                 col = _take(col, keep)
             columns.append(col)
             if not len(idx):
-                return out, unread
+                return None
         done = pos == ends[idx]
         if not done.all():
             idx = idx[done]
             columns = [_take(c, done) for c in columns]
-        names = self.names
-        rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
-        if len(idx) == n:  # every value read (the usual batch)
-            return rows, np.zeros(n, dtype=bool)  # type: ignore[return-value]
+            if not len(idx):
+                return None
         index = np.asarray(cand, dtype=np.int64)[idx] if len(cand) != n else idx
-        for i, row in zip(index.tolist(), rows, strict=True):
-            out[i] = row
-        unread[index] = False
-        return out, unread
+        return index, columns
 
 
-def _take(col: list[Any], keep: np.ndarray) -> list[Any]:
+def to_rows(names: Sequence[str], columns: Sequence[Column]) -> list[dict[str, Any]]:
+    """One dict a record from columns in the order of ``names`` (arrays give Python values)."""
+    lists = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
+
+
+def _take(col: Column, keep: np.ndarray) -> Column:
+    if isinstance(col, np.ndarray):
+        return col[keep]
     return [v for v, k in zip(col, keep.tolist(), strict=True) if k]
 
 
@@ -142,15 +174,16 @@ class _Reader:
     def __init__(self, buf: np.ndarray, data: bytes, ends: np.ndarray, total: int) -> None:
         self.buf, self.data, self.ends, self.total = buf, data, ends, total
 
-    def read(self, kind: Kind, idx: np.ndarray, pos: np.ndarray) -> tuple[list[Any], np.ndarray, np.ndarray]:
-        """(values, positions after, bad) for records ``idx`` at positions ``pos``."""
+    def read(self, kind: Kind, idx: np.ndarray, pos: np.ndarray) -> tuple[Column, np.ndarray, np.ndarray]:
+        """(values, positions after, bad) for records ``idx`` at positions ``pos``; the values of a
+        boolean or a number as an array."""
         t = kind.type
         m = len(idx)
         if t == "null":
             return [None] * m, pos, np.zeros(m, dtype=bool)
         if t == "boolean":
             b = self.buf[np.minimum(pos, self.total)]
-            return (b == 1).tolist(), pos + 1, (b > 1) | (pos + 1 > self.ends[idx])
+            return b == 1, pos + 1, (b > 1) | (pos + 1 > self.ends[idx])
         if t in ("int", "long", "enum"):
             v, pos, bad = self._varint(pos, 5 if t == "int" else 10)
             if t == "enum":
@@ -158,12 +191,12 @@ class _Reader:
                 symbols = kind.symbols
                 vals = [symbols[k] if 0 <= k < len(symbols) else None for k in v.tolist()]
                 return vals, pos, bad | (pos > self.ends[idx])
-            return v.tolist(), pos, bad | (pos > self.ends[idx])
+            return v, pos, bad | (pos > self.ends[idx])
         if t in ("double", "float"):
             size = 8 if t == "double" else 4
             raw = self.buf[np.minimum(pos, self.total)[:, None] + _AR[:size]]
             vals = np.ascontiguousarray(raw).view("<f8" if size == 8 else "<f4").ravel()
-            return vals.astype(np.float64).tolist(), pos + size, pos + size > self.ends[idx]
+            return vals.astype(np.float64), pos + size, pos + size > self.ends[idx]
         if t in ("string", "bytes", "fixed"):
             if t == "fixed":
                 length = np.full(m, kind.size, dtype=np.int64)
@@ -193,7 +226,7 @@ class _Reader:
                     continue  # None already, no bytes
                 got, after, wrong = self.read(sub, idx[sel], pos[sel])
                 tmp = np.empty(len(sel), dtype=object)
-                tmp[:] = got
+                tmp[:] = got.tolist() if isinstance(got, np.ndarray) else got
                 vals[sel] = tmp
                 pos = pos.copy()
                 pos[sel] = after

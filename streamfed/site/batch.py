@@ -15,6 +15,7 @@ import numpy as np
 
 from streamfed.errors import SerializationError
 from streamfed.serde.avro import AvroCodec
+from streamfed.serde.columnar import to_rows
 from streamfed.site.learner import SiteLearner
 
 
@@ -45,10 +46,26 @@ def learn_batch(
     records starts the update window. ``contribute[i]`` False keeps ``values[i]`` out of the
     federated update's windows (see :meth:`SiteLearner.learn`).
     """
+    n = len(values)
+    columns = codec.decode_columns(values)
+    decoded: list[dict[str, Any]] | list[dict[str, Any] | SerializationError]
+    if columns is not None:  # every value a valid record of the codec's schema (the usual batch)
+        if learner.guard.clean(columns, n):
+            got = learner.featurizer.transform_columns(columns, n)
+            if got is not None:  # and every record valid: learn the batch as columns
+                X, y, _status = got
+                if learner.guard.id_field is not None:
+                    learner.guard.remember(columns[learner.guard.id_field])
+                mask = None if contribute is None else np.fromiter(contribute, dtype=bool, count=n)
+                learner.learn(X, y, first_event_ms=min(timestamps_ms), contribute=mask)
+                return []
+        decoded = to_rows(list(columns), list(columns.values()))  # some record is refused: record by record
+    else:
+        decoded = codec.decode_many(values)
     records: list[dict[str, Any]] = []
     origin: list[int] = []
     rejected: list[Rejection] = []
-    for i, rec in enumerate(codec.decode_many(values)):
+    for i, rec in enumerate(decoded):
         if isinstance(rec, SerializationError):
             rejected.append(Rejection(i, "decode", str(rec)))
             continue

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+
+from streamfed.serde.columnar import Column
 
 
 class RecordGuard:
@@ -29,6 +34,36 @@ class RecordGuard:
 
     def _duplicate(self, key: object) -> str:
         return f"{self.id_field} {key!r} was learnt among the last {self.window} records"
+
+    def clean(self, columns: Mapping[str, Column], n: int) -> bool:
+        """Whether :meth:`check` and :meth:`learnt` would pass every one of ``n`` records given as
+        columns (field name -> one value per record): all name this site, and their ids are distinct
+        and none was learnt among the last ``window``. False says nothing of which record fails: ask
+        :meth:`check` and :meth:`learnt` of each."""
+        if self.site_field is not None:
+            sites = columns.get(self.site_field)
+            if not isinstance(sites, list) or sites.count(self.site_id) != n:
+                return False
+        if self.id_field is not None:
+            ids = columns.get(self.id_field)
+            if ids is None:
+                return False
+            keys = ids.tolist() if isinstance(ids, np.ndarray) else ids
+            try:
+                if len(set(keys)) != n or not self._seen.keys().isdisjoint(keys):
+                    return False
+            except TypeError:  # an unhashable id: the per-record path says what it is
+                return False
+        return True
+
+    def remember(self, ids: Column) -> None:
+        """Remember the distinct ids of records about to be learnt, in order (after :meth:`clean`)."""
+        if self.id_field is None:
+            return
+        seen = self._seen
+        seen.update(dict.fromkeys(ids.tolist() if isinstance(ids, np.ndarray) else ids))
+        for _ in range(len(seen) - self.window):
+            seen.popitem(last=False)
 
     def learnt(self, records: list[dict[str, Any]]) -> list[str | None]:
         """Remember the ids of ``records`` (about to be learnt, in order); for each, None, or why it is a

@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from streamfed.errors import SerializationError
@@ -79,6 +80,13 @@ def test_every_record_schema_is_read_by_columns(name: str) -> None:
     assert not unread.any()
     _same(records, _one_by_one(codec, values))
     assert records == recs
+    columns = codec.decode_columns(values)  # the same values as columns, arrays for booleans and numbers
+    assert columns is not None and list(columns) == [f["name"] for f in codec.schema["fields"]]
+    for field, col in columns.items():
+        got = col.tolist() if isinstance(col, np.ndarray) else col
+        assert got == [r[field] for r in recs], field
+        assert [type(v) for v in got] == [type(r[field]) for r in recs], field
+    assert codec.decode_columns([*values[:5], b"\x00junk"]) is None  # not every value read: no columns
 
 
 def test_simulated_transactions_decode_as_one_by_one() -> None:

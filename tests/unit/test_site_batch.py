@@ -173,3 +173,63 @@ def test_records_kept_out_of_windows_are_learnt_but_not_contributed(tmp_path: Pa
     assert learner.report.records == 39
     assert learner.contribution.pending_examples == 10  # records 30..39 only
     assert not np.array_equal(learner.personal.online.get_params(), before)  # all 39 were learnt
+
+
+def _twin_learners(tmp_path: Path):
+    topo = load_topology("fraud", {"state_dir": str(tmp_path)})
+    site = topo.sites[0]
+    write_keypair(topo.private_key_path(site), topo.public_key_path(site))
+    made = [
+        build_learner(topo, site.id, rng=np.random.default_rng(0), persist=False, clock=lambda: 0.0, device="cpu")
+        for _ in range(2)
+    ]
+    assert site.simulator is not None
+    return topo, site, made
+
+
+def test_clean_batches_learnt_as_columns_learn_what_the_record_path_learns(tmp_path: Path, monkeypatch) -> None:
+    """The column path (every record valid) and the record-by-record path give the same scores,
+    windows, guard state and metrics, batch after batch, with a refused record in one batch."""
+    topo, site, (by_columns, by_records) = _twin_learners(tmp_path)
+    codec = AvroCodec(topo.model.record_schema)
+    sim = TransactionSimulator(site.id, site.simulator)
+    batches = [[codec.encode(r) for r in sim.batch(300, t=float(i))] for i in range(5)]
+    batches[2][7] = batches[1][0]  # a record learnt in an earlier batch: this batch takes the record path
+    stamps = list(range(300))
+
+    seen: dict[str, list] = {"columns": [], "records": []}
+    for name, learner in (("columns", by_columns), ("records", by_records)):
+        learn = learner.learn
+        monkeypatch.setattr(learner, "learn", lambda X, y, _l=learn, _n=name, **kw: seen[_n].append(_l(X, y, **kw)))
+    rejected: dict[str, list] = {"columns": [], "records": []}
+    for values in batches:
+        rejected["columns"].append(learn_batch(by_columns, codec, values, stamps))
+        with monkeypatch.context() as m:  # the same batch with the column path refused at its first step
+            m.setattr(codec, "decode_columns", lambda _values: None)
+            rejected["records"].append(learn_batch(by_records, codec, values, stamps))
+
+    assert [[(r.index, r.reason) for r in b] for b in rejected["columns"]] == [[], [], [(7, "duplicate")], [], []]
+    assert rejected["columns"] == rejected["records"]
+    assert len(seen["columns"]) == len(seen["records"]) == 5
+    for a, b in zip(seen["columns"], seen["records"], strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert by_columns.report.records == by_records.report.records == 1499
+    assert by_columns.contribution.pending_examples == by_records.contribution.pending_examples
+    assert list(by_columns.guard._seen) == list(by_records.guard._seen)
+    assert by_columns.window_first_ms == by_records.window_first_ms == 0
+
+
+def test_a_clean_batch_repeating_an_id_learnt_earlier_is_not_learnt_as_columns(tmp_path: Path) -> None:
+    topo, site, (learner, _) = _twin_learners(tmp_path)
+    codec = AvroCodec(topo.model.record_schema)
+    records = TransactionSimulator(site.id, site.simulator).batch(20, t=0.0)
+    values = [codec.encode(r) for r in records]
+    assert learn_batch(learner, codec, values[:10], list(range(10))) == []
+    columns = codec.decode_columns(values[5:15])
+    assert columns is not None
+    assert not learner.guard.clean(columns, 10)  # ids 5..9 were learnt
+    assert learner.guard.clean(codec.decode_columns(values[10:20]), 10)
+    again = learn_batch(learner, codec, values[5:15], list(range(10)))
+    assert [(r.index, r.reason) for r in again] == [(i, "duplicate") for i in range(5)]
+    assert learner.report.records == 15
