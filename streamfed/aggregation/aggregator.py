@@ -136,7 +136,7 @@ class Aggregator:
         self._processed = dict(state.offsets)
         M.AGG_VERSION.labels(**self._labels, model=self.model.name).set(state.version)
         self.report.version = state.version
-        log.info("aggregator resumes at version %d (%d sites seen)", state.version, len(state.last_sequence))
+        log.info("aggregator resumes at version %d (%d sequence spaces seen)", state.version, len(state.last_sequence))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -336,7 +336,7 @@ class Aggregator:
         M.AGG_CO2E.labels(**labels).inc(record["cost"]["co2e_grams"])
         M.AGG_VERSION_ENERGY.labels(**labels).set(record["cost"]["energy_joules"])
         log.info(
-            "version %d from %d updates (%s)", version, len(used), ", ".join(f"{u.site_id}#{u.sequence}" for u in used)
+            "version %d from %d updates (%s)", version, len(used), ", ".join(f"{u.stream}#{u.sequence}" for u in used)
         )
 
     def _maybe_flush(self) -> None:

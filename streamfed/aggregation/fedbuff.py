@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamfed.aggregation.rules import Rule
+from streamfed.privacy.signing import sequence_space
 from streamfed.topology.spec import AggregationSpec
 
 
@@ -49,6 +50,12 @@ class PendingUpdate:
     staleness: int = 0
     weight: float = 0.0
     shares: dict[str, bytes] = field(default_factory=dict)  # secure aggregation: encrypted self-mask shares
+    worker: str = ""  # the site worker whose sequence space holds ``sequence`` ("": the site as one process)
+
+    @property
+    def stream(self) -> str:
+        """The sequence space: ``site`` or ``site/worker`` (site ids have no ``/``)."""
+        return sequence_space(self.site_id, self.worker)
 
 
 OptState = dict[str, npt.NDArray[np.float32]]

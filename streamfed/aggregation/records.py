@@ -101,6 +101,7 @@ def version_record(
                 "epsilon_spent": u.epsilon_spent,
                 "noise_std": u.noise_std,
                 "clip_norm": u.clip_norm,
+                "worker": u.worker,
             }
             for u in used
         ],
@@ -135,6 +136,7 @@ def lineage_record(record: dict[str, Any], used: list[PendingUpdate]) -> dict[st
                 "offset": u.offset,
                 "published_ms": u.created_ms,
                 "first_event_ms": u.first_event_ms,
+                "worker": u.worker,
             }
             for u in used
         ],

@@ -21,7 +21,7 @@ from streamfed.aggregation.records import ModelInfo
 from streamfed.aggregation.secure import SecureBuffer
 from streamfed.errors import SerializationError, SignatureError
 from streamfed.privacy.mechanisms import l2_norm
-from streamfed.privacy.signing import UpdateVerifier
+from streamfed.privacy.signing import UpdateVerifier, sequence_space
 from streamfed.serde.avro import AvroCodec, SchemaRegistry
 from streamfed.serde.tensors import params_from_bytes
 from streamfed.topology.spec import AggregationSpec
@@ -55,12 +55,14 @@ def pending_update(
         cpu_seconds=float(upd["cpu_seconds"]),
         gpu_seconds=float(upd["gpu_seconds"]),
         gpu_energy_joules=None if upd["gpu_energy_joules"] is None else float(upd["gpu_energy_joules"]),
+        worker=upd.get("worker") or "",
         **extra,
     )
 
 
 class UpdateChecks:
-    """The aggregator's checks of an update; keeps the last sequence seen per site."""
+    """The aggregator's checks of an update; keeps the last sequence seen per sequence space (a site,
+    or each worker of a site run as several processes)."""
 
     def __init__(
         self,
@@ -97,11 +99,11 @@ class UpdateChecks:
                 else ("unknown_key" if "not registered" in text else "signature")
             )
             raise Rejected(reason, text) from exc
-        site, seq = upd["site_id"], int(upd["sequence"])
-        last = self.last_seq.get(site, 0)
+        space, seq = sequence_space(upd["site_id"], upd.get("worker") or ""), int(upd["sequence"])
+        last = self.last_seq.get(space, 0)
         if seq <= last:
-            raise Rejected("replay", f"{site}#{seq} is not after the last sequence seen, {last}")
-        self.last_seq[site] = seq
+            raise Rejected("replay", f"{space}#{seq} is not after the last sequence seen, {last}")
+        self.last_seq[space] = seq
         if upd["model"] != self.model.name or upd["topology"] != self.model.topology:
             raise Rejected(
                 "wrong_model",
@@ -117,6 +119,8 @@ class UpdateChecks:
             raise Rejected("shape", f"num_params {upd['num_params']} != {n}")
         self._check_metadata(upd)
         if self.secure is not None:
+            if upd.get("worker"):
+                raise Rejected("secure", f"an update of worker {upd['worker']}: secure aggregation takes one per site")
             problem = self.secure.check(upd, version)
             if problem is not None:
                 raise Rejected(*problem)

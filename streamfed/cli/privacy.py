@@ -28,16 +28,15 @@ def report(
 ) -> None:
     """Per site and model version: releases, mechanism, sigma, clip, lifetime and per-record epsilon by
     RDP and PLD at delta (zero-out adjacency), from the sites' ledgers
-    (<state_dir>/<topology>/sites/<id>/ledger.jsonl) and the model versions."""
+    (<state_dir>/<topology>/sites/<id>/ledger.jsonl, and sites/<id>/workers/<worker>/ledger.jsonl
+    of a site run as several processes) and the model versions."""
     from streamfed.privacy.accountant import PrivacyLedger
     from streamfed.privacy.report import privacy_rows
+    from streamfed.site.build import site_ledgers
 
     try:
         topo = load(topology, bootstrap, state_dir)
-        ledgers = {
-            s.id: PrivacyLedger(topo.privacy.delta, path=topo.home / "sites" / s.id / "ledger.jsonl").releases
-            for s in topo.sites
-        }
+        ledgers = {space: PrivacyLedger(topo.privacy.delta, path=path).releases for space, path in site_ledgers(topo)}
         versions = _versions(topology, bootstrap, state_dir, from_cache)
     except StreamfedError as exc:
         raise fail(exc) from exc

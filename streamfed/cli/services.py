@@ -121,6 +121,16 @@ def site(
     duration: DurationOpt = None,
     max_records: Annotated[int | None, typer.Option(help="stop after this many records")] = None,
     summary_json: SummaryOpt = None,
+    worker: Annotated[
+        str,
+        typer.Option(
+            "--worker",
+            "-w",
+            help="run the site as several processes, one per name: each reads its share of the topic's"
+            " partitions and keeps its own privacy ledger and update sequence (metrics on any free port"
+            " unless --metrics-port)",
+        ),
+    ] = "",
 ) -> None:
     """Run one site: learn on its transaction topic, publish private updates, follow global versions."""
     from streamfed import metrics
@@ -133,9 +143,11 @@ def site(
         spec = topo.site(site_id) if site_id in {s.id for s in topo.sites} else None
         if spec is None:
             raise typer.BadParameter(f'unknown site "{site_id}"; valid: {", ".join(s.id for s in topo.sites)}')
-        metrics.serve(metrics_port if metrics_port is not None else spec.metrics_port)
+        if metrics_port is None:
+            metrics_port = 0 if worker else spec.metrics_port  # workers of one site: a port each
+        metrics.serve(metrics_port)
         provision_topology(topo)
-        proc = build_site(topo, site_id, background_deep=True)
+        proc = build_site(topo, site_id, background_deep=True, worker=worker)
     except StreamfedError as exc:
         raise fail(exc) from exc
     stop_on_signals(proc.stop_event)

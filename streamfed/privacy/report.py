@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from streamfed.privacy.accountant import Release, releases_epsilon
+from streamfed.privacy.signing import sequence_space
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,17 @@ def privacy_rows(
 
     A site's releases "by version v" are its ledger entries up to the highest sequence of that site
     included in any version <= v: everything it had published that the model could have seen.
+    ``ledgers`` and the rows are keyed by sequence space: the site, or ``site/worker`` for each
+    worker of a site run as several processes (each worker reads records no other one reads, so a
+    record's guarantee is its worker's).
     """
     rows: list[ReportRow] = []
     latest: dict[str, int] = {}
     cache: dict[tuple[str, int], tuple[float, float, float, float]] = {}
     for v in sorted(versions, key=lambda r: int(r["version"])):
         for c in v.get("contributions", []):
-            latest[c["site_id"]] = max(latest.get(c["site_id"], 0), int(c["sequence"]))
+            space = sequence_space(c["site_id"], c.get("worker") or "")
+            latest[space] = max(latest.get(space, 0), int(c["sequence"]))
         for site, last_seq in sorted(latest.items()):
             released = [r for r in ledgers.get(site, []) if r.sequence <= last_seq]
             if not released:

@@ -43,6 +43,12 @@ DOMAIN = b"streamfed.update.v2\n"
 log = logging.getLogger(__name__)
 
 
+def sequence_space(site_id: str, worker: str = "") -> str:
+    """Where a site's update sequence numbers count from: the site, or one worker of it
+    (``site/worker``; site ids have no ``/``)."""
+    return f"{site_id}/{worker}" if worker else site_id
+
+
 def bytes_map_digest(values: Mapping[str, bytes]) -> str:
     """SHA-256 of a ``str -> bytes`` map, independent of its order."""
     h = hashlib.sha256()
@@ -57,6 +63,10 @@ def canonical_message(update: Mapping[str, Any]) -> bytes:
     # Secure aggregation: the buffer and the encrypted self-mask shares are signed too.
     header["secure_buffer"] = update.get("secure_buffer")
     header["self_mask_shares_sha256"] = bytes_map_digest(update.get("self_mask_shares") or {})
+    # A site's worker names its sequence space; signed when set (updates of a site run as one process
+    # sign what they always signed), so a worker's update cannot be replayed as another's.
+    if update.get("worker"):
+        header["worker"] = update["worker"]
     return DOMAIN + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 

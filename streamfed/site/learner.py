@@ -37,7 +37,7 @@ from streamfed.errors import PrivacyBudgetExceeded
 from streamfed.learners.features import Featurizer
 from streamfed.learners.federated import build_federated_model, sigmoid
 from streamfed.privacy.accountant import Mechanism, PrivacyLedger, Release, epsilon
-from streamfed.privacy.signing import SiteSigner
+from streamfed.privacy.signing import SiteSigner, sequence_space
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.tensors import params_from_bytes, params_to_bytes, sha256_hex
 from streamfed.site.contribution import FederatedContribution
@@ -143,11 +143,13 @@ class SiteLearner:
         noise_divisor: float = 1.0,
         contribute: bool = True,
         background_deep: bool = False,
+        worker: str = "",
     ) -> None:
         from streamfed.privacy.mechanisms import csprng
 
         self.topology = topology
         self.site_id = site_id
+        self.worker = worker  # one of several processes of the site: its own sequence space and ledger
         self.spec = model_spec
         self.privacy = privacy
         self.update = update
@@ -389,13 +391,14 @@ class SiteLearner:
             "noise_multiplier": m.noise_multiplier,
             "steps": m.steps,
             "sampling_rate": m.sampling_rate,
+            "worker": self.worker,
         }
         if encode is not None:
             encode(delta.astype(np.float64) * c.num_examples, record)
         self.signer.sign(record)
         log.info(
             "site=%s update seq=%d base=%d examples=%d grad-norm=%.3f clipped=%.0f%% eps=%.3f",
-            self.site_id,
+            sequence_space(self.site_id, self.worker),
             seq,
             self.base_version,
             c.num_examples,

@@ -111,7 +111,7 @@ class SiteProcessor:
             site_group(self.learner.topology, self.site_id),
             **{"statistics.interval.ms": 1000, "stats_cb": self._stats},
         )
-        self._consumer.subscribe([self.topics.transactions])
+        self._consumer.subscribe([self.topics.transactions], on_revoke=self._revoked)
         self._models = make_consumer(self.kafka, None)
         self._models.assign([TopicPartition(self.topics.models, 0, OFFSET_BEGINNING)])
         self._producer = ResilientProducer(
@@ -137,6 +137,20 @@ class SiteProcessor:
             assert self.topics.secagg is not None
             self._secagg = make_consumer(self.kafka, None)
             self._secagg.assign([TopicPartition(self.topics.secagg, 0, OFFSET_BEGINNING)])
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit what was read of partitions taken away, before another member of the group reads on.
+
+        Their records already read are in this process's windows and are released by it alone; the
+        next owner starts after them, so no record reaches a release of two processes (workers of
+        one site, ``streamfed site --worker``) or one release twice.
+        """
+        try:
+            read = [tp for tp in consumer.position(partitions) if tp.offset >= 0]
+            if read:
+                consumer.commit(offsets=read, asynchronous=False)
+        except KafkaException as exc:  # the group moved on already: the next owner re-reads from the last commit
+            log.warning("site=%s could not commit revoked partitions: %s", self.site_id, exc)
 
     def _recreated(self) -> None:
         self.report.producer_recreations += 1
@@ -261,6 +275,9 @@ class SiteProcessor:
         while self._durable and (wait or self._durable[0][0].done()):
             synced, record, read = self._durable.popleft()
             synced.result()  # an fsync that failed raises: never release what the ledger may not hold
+            if read:  # partitions revoked since were committed then; never move their new owner's offset back
+                owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+                read = [tp for tp in read if (tp.topic, tp.partition) in owned]
             try:
                 if read is None:
                     self._consumer.commit(asynchronous=False)

@@ -117,6 +117,28 @@ def test_a_replay_is_rejected(agg: Aggregator, make: Make, seq: int) -> None:
     agg.verify(make(site="bank-north", sequence=1))
 
 
+def test_each_worker_of_a_site_counts_its_own_sequence(agg: Aggregator, make: Make) -> None:
+    """A site run as several processes (streamfed site --worker): each worker's updates count from 1,
+    the site's own and each worker's are separate spaces, and a replay inside one is refused."""
+    for seq in (1, 2):
+        for worker in ("", "w0", "w1"):
+            got = agg.verify(make(sequence=seq, worker=worker))
+            assert (got.worker, got.sequence, got.stream) == (
+                worker,
+                seq,
+                f"{SITE}/{worker}" if worker else SITE,
+            )
+    assert _reason(agg, make(sequence=2, worker="w1")) == "replay"
+    assert agg.checks.last_seq == {SITE: 2, f"{SITE}/w0": 2, f"{SITE}/w1": 2}
+
+
+def test_the_worker_is_signed(agg: Aggregator, make: Make) -> None:
+    agg.verify(make(sequence=5, worker="w0"))
+    # w0's update replayed as if w1 had sent it: the worker names the sequence space, so it is signed
+    assert _reason(agg, make(sequence=5, worker="w0", after={"worker": "w1"})) == "signature"
+    assert _reason(agg, make(sequence=6, worker="w0", after={"worker": ""})) == "signature"
+
+
 def test_a_signature_by_another_key_is_an_unknown_key(agg: Aggregator, make: Make, tmp_path: Path) -> None:
     write_keypair(tmp_path / "forger.key", tmp_path / "forger.pub")
     forger = SiteSigner(load_private_key(tmp_path / "forger.key"))

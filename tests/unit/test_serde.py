@@ -78,6 +78,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "noise_multiplier": 1.0,
         "steps": 1,
         "sampling_rate": 1.0,
+        "worker": "w1",
         "key_id": "0123456789abcdef",
         "signature": bytes(range(64)),
     },
@@ -104,6 +105,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
                 "epsilon_spent": 7.5,
                 "noise_std": 1.9,
                 "clip_norm": 1.0,
+                "worker": "",
             }
         ],
         "rule": "mean",
@@ -133,6 +135,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
                 "offset": 99,
                 "published_ms": 1_700_000_000_000,
                 "first_event_ms": 1_699_999_999_000,
+                "worker": "w1",
             }
         ],
         "cost": {**_COST, "gpu_energy_joules_measured": 12.5},
