@@ -54,17 +54,22 @@ SIM = {"rate": 600, "fraud_rate": 0.01, "online_share": 0.25, "night_share": 0.0
 BATCH = 2000  # what SiteProcessor.run takes per consume for the fraud topology
 
 
-def topology(bootstrap: str, topic: str, state: Path) -> Topology:
-    """The shipped fraud topology, one site reading ``topic``, under a fresh name (fresh groups)."""
+def topology(
+    bootstrap: str, topic: str, state: Path, kafka: dict[str, Any] | None = None, name: str | None = None
+) -> Topology:
+    """The shipped fraud topology, one site reading ``topic``, under a fresh name (fresh groups) unless
+    ``name``; its topics made and the site's key written. ``kafka``: more of the kafka section."""
     topo = load_topology(
         "fraud",
         {
-            "name": f"bench{uuid.uuid4().hex[:8]}",
+            "name": name or f"bench{uuid.uuid4().hex[:8]}",
             "state_dir": str(state),
-            "kafka": {"bootstrap_servers": bootstrap},
+            "kafka": {"bootstrap_servers": bootstrap, **(kafka or {})},
             "sites": [{"id": SITE, "topic": topic, "simulator": SIM}],
         },
     )
+    if name is not None:
+        return topo  # made already
     provision_topology(topo)
     site = topo.site(SITE)
     write_keypair(topo.private_key_path(site), topo.public_key_path(site))

@@ -122,12 +122,21 @@ class BatchDecoder:
         """``(index, columns)``: the positions in ``values`` of the records read, in order, and their
         fields, one column per field; None when none could be read."""
         n = len(values)
-        cand = [i for i, v in enumerate(values) if type(v) is bytes and len(v) > len(self.header)]
-        if not cand:
-            return None
-        bodies = values if len(cand) == n else [values[i] for i in cand]
+        try:  # the usual batch: every value bytes with a body
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)  # type: ignore[arg-type]
+            whole = set(map(type, values)) == {bytes} and bool((lengths > len(self.header)).all())
+        except TypeError:  # a None among them
+            whole = False
+        if whole:
+            cand: Sequence[int] = range(n)
+            bodies = values
+        else:
+            cand = [i for i, v in enumerate(values) if type(v) is bytes and len(v) > len(self.header)]
+            if not cand:
+                return None
+            bodies = [values[i] for i in cand]
+            lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))  # type: ignore[arg-type]
         data = b"".join(bodies)  # type: ignore[arg-type]
-        lengths = np.fromiter(map(len, bodies), dtype=np.int64, count=len(bodies))  # type: ignore[arg-type]
         ends = np.cumsum(lengths)
         starts = ends - lengths
         buf = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
@@ -152,7 +161,7 @@ class BatchDecoder:
             columns = [_take(c, done) for c in columns]
             if not len(idx):
                 return None
-        index = np.asarray(cand, dtype=np.int64)[idx] if len(cand) != n else idx
+        index = idx if whole else np.asarray(cand, dtype=np.int64)[idx]
         return index, columns
 
 

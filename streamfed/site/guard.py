@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -15,20 +15,31 @@ class RecordGuard:
     """The checks a site makes of a decoded record: it names this site, and its id is not among the
     last ``window`` ids the site learnt (a replayed or duplicated record is not learnt twice). Only
     learnt records are remembered: a record refused for its features may be sent again, corrected,
-    under its id."""
+    under its id.
+
+    Each remembered id maps to its number among the learnt records, in the order they were learnt;
+    ids older than the window are dropped in bulk once there are twice as many as the window
+    (dropping one a record cost about 1 us a record, more than the rest of the guard).
+    """
 
     def __init__(self, site_id: str, site_field: str | None, id_field: str | None, window: int) -> None:
         self.site_id = site_id
         self.site_field = site_field
         self.id_field = id_field
         self.window = window
-        self._seen: OrderedDict[object, None] = OrderedDict()
+        self._seen: dict[object, int] = {}  # id -> its number among learnt records; in that order
+        self._learnt = 0  # records remembered so far
+
+    def _recent(self, key: object) -> bool:
+        """Whether ``key`` is among the ids of the last ``window`` learnt records."""
+        at = self._seen.get(key)
+        return at is not None and self._learnt - at <= self.window
 
     def check(self, rec: dict[str, Any]) -> tuple[str, str] | None:
         """Why ``rec`` must not be learnt (reason, detail), or None."""
         if self.site_field is not None and rec.get(self.site_field) != self.site_id:
             return "wrong_site", f"{self.site_field} is {rec.get(self.site_field)!r}, this site is {self.site_id!r}"
-        if self.id_field is not None and rec.get(self.id_field) in self._seen:
+        if self.id_field is not None and self._recent(rec.get(self.id_field)):
             return "duplicate", self._duplicate(rec.get(self.id_field))
         return None
 
@@ -48,11 +59,11 @@ class RecordGuard:
             ids = columns.get(self.id_field)
             if ids is None:
                 return False
-            keys = ids.tolist() if isinstance(ids, np.ndarray) else ids
             try:
-                if len(set(keys)) != n or not self._seen.keys().isdisjoint(keys):
-                    return False
+                keys = set(ids.tolist() if isinstance(ids, np.ndarray) else ids)
             except TypeError:  # an unhashable id: the per-record path says what it is
+                return False
+            if len(keys) != n or any(map(self._recent, self._seen.keys() & keys)):
                 return False
         return True
 
@@ -60,10 +71,13 @@ class RecordGuard:
         """Remember the distinct ids of records about to be learnt, in order (after :meth:`clean`)."""
         if self.id_field is None:
             return
+        keys = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         seen = self._seen
-        seen.update(dict.fromkeys(ids.tolist() if isinstance(ids, np.ndarray) else ids))
-        for _ in range(len(seen) - self.window):
-            seen.popitem(last=False)
+        for old in seen.keys() & set(keys):  # learnt before the window: remembered again, as new
+            del seen[old]
+        seen.update(zip(keys, range(self._learnt, self._learnt + len(keys)), strict=True))
+        self._learnt += len(keys)
+        self._forget()
 
     def learnt(self, records: list[dict[str, Any]]) -> list[str | None]:
         """Remember the ids of ``records`` (about to be learnt, in order); for each, None, or why it is a
@@ -71,13 +85,21 @@ class RecordGuard:
         if self.id_field is None:
             return [None] * len(records)
         out: list[str | None] = []
+        seen = self._seen
         for rec in records:
             key = rec.get(self.id_field)
-            if key in self._seen:
+            if self._recent(key):
                 out.append(self._duplicate(key))
                 continue
-            self._seen[key] = None
-            if len(self._seen) > self.window:
-                self._seen.popitem(last=False)
+            seen.pop(key, None)
+            seen[key] = self._learnt
+            self._learnt += 1
             out.append(None)
+        self._forget()
         return out
+
+    def _forget(self) -> None:
+        """Drop the ids older than the window once there are twice as many as it."""
+        if len(self._seen) > 2 * self.window:
+            keep = islice(self._seen.items(), len(self._seen) - self.window, None)
+            self._seen = dict(keep)

@@ -47,6 +47,14 @@ def test_site_ingest_quick_prints_both_target_ratios(bootstrap: str) -> None:
 
 
 @pytest.mark.kafka
+def test_site_scaleout_quick_learns_every_record_once_with_one_and_two_processes(bootstrap: str) -> None:
+    # the benchmark itself fails unless the processes together learn exactly the topic's records
+    ratios = run_quick("site_scaleout.py", "--bootstrap", bootstrap)
+    assert set(ratios) == {"scaleout_2/one_process"}
+    assert float(ratios["scaleout_2/one_process"]) > 0
+
+
+@pytest.mark.kafka
 def test_freshness_quick_prints_latency_ratios_for_3_and_30_sites(bootstrap: str) -> None:
     ratios = run_quick("freshness.py", "--bootstrap", bootstrap, timeout=280)
     for n in (3, 30):
