@@ -87,13 +87,9 @@ class SiteProcessor:
         self._secagg_codec = AvroCodec("secagg_message", codec.registry)
         # updates whose ledger lines are being fsynced: (done, record, offsets read up to its window)
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ledger-{self.site_id}")
-        # updates being made durable: (ledger fsynced and offsets committed, record)
-        self._durable: deque[tuple[Future[None], dict[str, Any]]] = deque()
-        # the partitions this process owns, kept by the rebalance callbacks; the lock orders the
-        # commits of the fsync thread and of a revocation
-        self._owned: set[tuple[str, int]] = set()
+        # updates whose ledger lines are being fsynced: (done, record, offsets read up to its window)
+        self._durable: deque[tuple[Future[None], dict[str, Any], list[TopicPartition]]] = deque()
         self._read: dict[tuple[str, int], int] = {}  # next offset to read of each owned partition read from
-        self._commit_lock = threading.Lock()
 
     @property
     def report(self) -> SiteReport:
@@ -117,7 +113,7 @@ class SiteProcessor:
             site_group(self.learner.topology, self.site_id),
             **{"statistics.interval.ms": 1000, "stats_cb": self._stats},
         )
-        self._consumer.subscribe([self.topics.transactions], on_assign=self._assigned, on_revoke=self._revoked)
+        self._consumer.subscribe([self.topics.transactions], on_revoke=self._revoked)
         self._models = make_consumer(self.kafka, None)
         self._models.assign([TopicPartition(self.topics.models, 0, OFFSET_BEGINNING)])
         self._producer = ResilientProducer(
@@ -144,10 +140,6 @@ class SiteProcessor:
             self._secagg = make_consumer(self.kafka, None)
             self._secagg.assign([TopicPartition(self.topics.secagg, 0, OFFSET_BEGINNING)])
 
-    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        with self._commit_lock:
-            self._owned |= {(tp.topic, tp.partition) for tp in partitions}
-
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit what was read of partitions taken away, before another member of the group reads on.
 
@@ -155,16 +147,21 @@ class SiteProcessor:
         next owner starts after them, so no record reaches a release of two processes (workers of
         one site, ``streamfed site --worker``) or one release twice.
         """
-        with self._commit_lock:  # after any commit the fsync thread has under way; none of theirs after it
-            self._owned -= {(tp.topic, tp.partition) for tp in partitions}
-            for tp in partitions:
-                self._read.pop((tp.topic, tp.partition), None)
-            try:
-                read = [tp for tp in consumer.position(partitions) if tp.offset >= 0]
-                if read:
-                    consumer.commit(offsets=read, asynchronous=False)
-            except KafkaException as exc:  # the group moved on already: the next owner re-reads from the last commit
-                log.warning("site=%s could not commit revoked partitions: %s", self.site_id, exc)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for key in gone:
+            self._read.pop(key, None)
+        for (
+            _,
+            _,
+            read,
+        ) in self._durable:  # no update made before commits them again: their offsets are their new owner's
+            read[:] = [tp for tp in read if (tp.topic, tp.partition) not in gone]
+        try:
+            read = [tp for tp in consumer.position(partitions) if tp.offset >= 0]
+            if read:
+                consumer.commit(offsets=read, asynchronous=False)
+        except KafkaException as exc:  # the group moved on already: the next owner re-reads from the last commit
+            log.warning("site=%s could not commit revoked partitions: %s", self.site_id, exc)
 
     def _recreated(self) -> None:
         self.report.producer_recreations += 1
@@ -262,10 +259,10 @@ class SiteProcessor:
         """Make the window's update durable in the ledger, commit offsets, then produce it.
 
         A crash can lose an update but never release a record more than ``k`` times or reuse a
-        sequence number. The ledger's fsync and then the commit of the offsets read up to the
-        window's end (milliseconds each, once per update) run on a thread while the site goes on
-        learning (:meth:`_make_durable`); the update is produced only once both are done, in
-        sequence order (:meth:`_release_durable`).
+        sequence number. The ledger's fsync (milliseconds on some disks, once per update) runs on
+        a thread while the site goes on learning; the update waits for it, then for the commit of
+        the offsets read up to its window's end (kept from the messages processed, per partition
+        owned), and only then is produced, in sequence order (:meth:`_release_durable`).
         """
         assert self._updates is not None and self._consumer is not None
         if self.secure is not None and not self.secure.can_publish(self.learner.base_version):
@@ -277,30 +274,26 @@ class SiteProcessor:
         if record is None:
             return False
         read = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._read.items()]
-        self._durable.append((self._syncer.submit(self._make_durable, read), record))
+        self._durable.append((self._syncer.submit(self.learner.ledger.sync), record, read))
         self._release_durable(wait=secure is not None)  # secure aggregation: one update per version, now
         return True
 
-    def _make_durable(self, read: list[TopicPartition]) -> None:
-        """On the fsync thread: the ledger line made durable, then the offsets read up to the window's
-        end committed, those of partitions still owned only."""
-        self.learner.ledger.sync()
-        assert self._consumer is not None
-        with self._commit_lock:
-            if read:  # a partition revoked since was committed then; never move its new owner's offset back
-                read = [tp for tp in read if (tp.topic, tp.partition) in self._owned]
+    def _release_durable(self, wait: bool = False) -> None:
+        """Commit and produce, in order, the updates whose ledger lines are durable (all with ``wait``).
+
+        The commit is synchronous and on this thread, as the revocation's is, which takes the
+        partitions it gives up out of the pending updates' offsets: no commit of an older update
+        lands after the revocation's.
+        """
+        assert self._updates is not None and self._consumer is not None
+        while self._durable and (wait or self._durable[0][0].done()):
+            synced, record, read = self._durable.popleft()
+            synced.result()  # an fsync that failed raises: never release what the ledger may not hold
             try:
                 if read:
                     self._consumer.commit(offsets=read, asynchronous=False)
-            except KafkaException as exc:  # nothing consumed yet, or a rebalance: not fatal
+            except KafkaException as exc:  # a rebalance under way: not fatal
                 log.debug("site=%s offset commit before publish: %s", self.site_id, exc)
-
-    def _release_durable(self, wait: bool = False) -> None:
-        """Produce, in order, the updates made durable and committed (all of them with ``wait``)."""
-        assert self._updates is not None
-        while self._durable and (wait or self._durable[0][0].done()):
-            done, record = self._durable.popleft()
-            done.result()  # an fsync that failed raises: never release what the ledger may not hold
             value = self.update_codec.encode(record)
             self._updates.produce(self.topics.updates, key=self.site_id.encode(), value=value)
             self._updates.poll(0)

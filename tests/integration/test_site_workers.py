@@ -71,7 +71,12 @@ def test_two_workers_of_one_site_share_its_partitions(topology_factory, tmp_path
             logs / "w1.log",
             tmp_path,
         )  # fmt: skip
-        wait_for(lambda: scrape(ports["w1"]), 120, "worker w1 serving metrics")
+        # w1 owns partitions once it reports their lag (librdkafka statistics, every second)
+        wait_for(
+            lambda: any(k.startswith("streamfed_site_consumer_lag_records{") for k in scrape(ports["w1"])),
+            120,
+            f"worker w1 assigned partitions\n{tail(logs / 'w1.log')}",
+        )
         out.send(topo.transactions_topic(site), site.id, labelled(SECOND, FIRST / 100))
         assert out.flush(30) == 0
         wait_for(
