@@ -90,6 +90,10 @@ class SiteProcessor:
         # updates whose ledger lines are being fsynced: (done, record, offsets read up to its window)
         self._durable: deque[tuple[Future[None], dict[str, Any], list[TopicPartition]]] = deque()
         self._read: dict[tuple[str, int], int] = {}  # next offset to read of each owned partition read from
+        # updates durable, waiting for their offset commit: (commits that must have completed, record)
+        self._committing: deque[tuple[int, dict[str, Any]]] = deque()
+        self._commits_sent = self._commits_done = self._commits_forced = 0
+        self._last_sent: list[TopicPartition] = []  # the offsets of the last asynchronous commit
 
     @property
     def report(self) -> SiteReport:
@@ -111,7 +115,7 @@ class SiteProcessor:
         self._consumer = make_consumer(
             self.kafka,
             site_group(self.learner.topology, self.site_id),
-            **{"statistics.interval.ms": 1000, "stats_cb": self._stats},
+            **{"statistics.interval.ms": 1000, "stats_cb": self._stats, "on_commit": self._commit_done},
         )
         self._consumer.subscribe([self.topics.transactions], on_revoke=self._revoked)
         self._models = make_consumer(self.kafka, None)
@@ -150,11 +154,8 @@ class SiteProcessor:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for key in gone:
             self._read.pop(key, None)
-        for (
-            _,
-            _,
-            read,
-        ) in self._durable:  # no update made before commits them again: their offsets are their new owner's
+        # no commit of an earlier update moves them again: their offsets are their new owner's now
+        for read in [*(r for _, _, r in self._durable), self._last_sent]:
             read[:] = [tp for tp in read if (tp.topic, tp.partition) not in gone]
         try:
             read = [tp for tp in consumer.position(partitions) if tp.offset >= 0]
@@ -180,12 +181,14 @@ class SiteProcessor:
             M.SITE_UPDATES_PENDING.labels(**self._labels).set(self._updates.pending)
 
     def _close(self) -> None:
-        if self._durable and self._updates is not None and self._consumer is not None:
+        if (self._durable or self._committing) and self._updates is not None and self._consumer is not None:
             try:  # what was made durable before the stop is released before the producer flushes
                 self._release_durable(wait=True)
             except Exception:
-                log.exception("site=%s could not release %d update(s) at shutdown", self.site_id, len(self._durable))
+                left = len(self._durable) + len(self._committing)
+                log.exception("site=%s could not release %d update(s) at shutdown", self.site_id, left)
                 self._durable.clear()
+                self._committing.clear()
         if self._updates is not None:
             left = self._updates.flush(10)
             self.report.updates_pending = left
@@ -279,24 +282,47 @@ class SiteProcessor:
         return True
 
     def _release_durable(self, wait: bool = False) -> None:
-        """Commit and produce, in order, the updates whose ledger lines are durable (all with ``wait``).
+        """Commit, then produce, in order, the updates whose ledger lines are durable (all of them now
+        with ``wait``).
 
-        The commit is synchronous and on this thread, as the revocation's is, which takes the
-        partitions it gives up out of the pending updates' offsets: no commit of an older update
-        lands after the revocation's.
+        Each durable update's offsets are committed asynchronously; it is produced once that commit
+        (and every one before it: the coordinator answers them in order) has completed, which
+        ``on_commit`` reports while the site consumes. With ``wait`` a synchronous commit after
+        them stands for all. A revocation commits synchronously too, after the asynchronous ones
+        already sent, and takes its partitions out of the offsets of updates not yet committed: no
+        commit of an older update lands after the revocation's.
         """
         assert self._updates is not None and self._consumer is not None
         while self._durable and (wait or self._durable[0][0].done()):
             synced, record, read = self._durable.popleft()
             synced.result()  # an fsync that failed raises: never release what the ledger may not hold
-            try:
-                if read:
-                    self._consumer.commit(offsets=read, asynchronous=False)
-            except KafkaException as exc:  # a rebalance under way: not fatal
+            if read:
+                try:
+                    self._consumer.commit(offsets=read, asynchronous=True)
+                    self._commits_sent += 1
+                    self._last_sent = read
+                except KafkaException as exc:  # not fatal, as a failed commit is not
+                    log.debug("site=%s offset commit before publish: %s", self.site_id, exc)
+            self._committing.append((self._commits_sent, record))
+        if wait and self._committing and self._commits_done < self._commits_sent:
+            try:  # lands after the asynchronous ones: when it returns, they have completed
+                if self._last_sent:
+                    self._consumer.commit(offsets=self._last_sent, asynchronous=False)
+            except KafkaException as exc:
                 log.debug("site=%s offset commit before publish: %s", self.site_id, exc)
+            self._commits_forced = self._commits_sent
+        done = max(self._commits_done, self._commits_forced)
+        while self._committing and self._committing[0][0] <= done:
+            _, record = self._committing.popleft()
             value = self.update_codec.encode(record)
             self._updates.produce(self.topics.updates, key=self.site_id.encode(), value=value)
             self._updates.poll(0)
+
+    def _commit_done(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """``on_commit`` of an asynchronous commit (served while the site consumes)."""
+        self._commits_done += 1
+        if err is not None:
+            log.debug("site=%s offset commit before publish: %s", self.site_id, err)
 
     # -- secure aggregation ---------------------------------------------------------------------
     def _poll_secagg(self) -> None:
