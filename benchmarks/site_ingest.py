@@ -1,8 +1,9 @@
 """Records/s of a site's full path against a bare consume+decode loop and a plain river loop.
 
 Full path: ``SiteProcessor.run`` on a pre-filled topic of the embedded broker: consume with
-confluent-kafka, decode (Confluent wire format; by columns, strict: ``AvroCodec.decode_many``),
-validate and featurize, prequential scoring by the personal, global and served models, the personal model's
+confluent-kafka, decode (Confluent wire format; by columns, strict: ``AvroCodec.decode_columns``),
+validate and featurize the batch as columns (record by record only for a batch with a refused
+record), prequential scoring by the personal, global and served models, the personal model's
 online learner (micro-batches of 16 rows, ``model.online.micro_batch``), rolling AUC/log loss,
 ADWIN, replay buffer, deep (torch) steps every 1,000 records, per-record clipped gradients of the
 wide-and-deep federated model, and a noised, accounted, signed update every 500 records: the
