@@ -77,13 +77,13 @@ def instrument(proc: SiteProcessor, trace: SiteTrace) -> None:
         trace.pending = np.fromiter((m.timestamp()[1] for m in msgs if m.error() is None), dtype=np.int64, count=-1)
         process(msgs)
 
-    def traced_learn(X: np.ndarray, y: np.ndarray, first_event_ms: int | None = None) -> np.ndarray:
+    def traced_learn(X: np.ndarray, y: np.ndarray, first_event_ms: int | None = None, **kw: Any) -> Any:
         ts = trace.pending
         if len(ts) == len(y):  # no dead letters in the batch: rows are the messages, in order
             labelled = ts[~np.isnan(y)]
             trace.window.append(labelled)
             trace.learnt_delay_ms.append(int(time.time() * 1000) - labelled)
-        return learn(X, y, first_event_ms)
+        return learn(X, y, first_event_ms, **kw)
 
     def traced_publish() -> bool:
         sent = publish()

@@ -59,8 +59,8 @@ def test_freshness_quick_prints_latency_ratios_for_3_and_30_sites(bootstrap: str
     ratios = run_quick("freshness.py", "--bootstrap", bootstrap, timeout=280)
     for n in (3, 30):
         for what in ("update_to_version", "transaction_to_update"):
-            assert f"{what}_p50/floor_p50[{n} sites]" in ratios, ratios
-            assert f"{what}_p99/floor_p99[{n} sites]" in ratios, ratios
+            for q in ("p50", "p99"):  # a number: the run saw updates and versions (nan: none)
+                assert float(ratios[f"{what}_{q}/floor_{q}[{n} sites]"]) > 0, ratios
 
 
 def test_startup_quick_prints_the_first_record_to_floor_ratio() -> None:
