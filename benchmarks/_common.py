@@ -6,13 +6,14 @@ on are shared and noisy, so absolute figures are context only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -72,6 +73,21 @@ def header(title: str, args: object) -> None:
     print(f"python    {platform.python_version()} ({platform.platform()})")
     print("packages  " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     print(flush=True)
+
+
+@contextlib.contextmanager
+def kafka_or_embedded(bootstrap: str | None) -> Iterator[str]:
+    """``bootstrap`` if given, else an embedded broker's address for the ``with`` block."""
+    if bootstrap is not None:
+        yield bootstrap
+        return
+    from streamfed.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker()
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, ratio, table
+from _common import header, kafka_or_embedded, ratio, table
 from site_ingest import SITE, fill, topology
-
-from streamfed.broker import EmbeddedBroker
 
 PARTITIONS = 4
 
@@ -127,41 +125,32 @@ def main() -> None:
     if 1 not in counts:
         counts = [1, *counts]
     header(f"site_scaleout: one site as 1..{max(counts)} processes over a {PARTITIONS}-partition topic", args)
-    broker = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        broker = EmbeddedBroker()
-        bootstrap = broker.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="streamfed-bench-") as tmp:
-            state = Path(tmp)
-            topic = f"bench.site_scaleout.{uuid.uuid4().hex[:8]}"
-            fill_s = fill(_topology(bootstrap, topic, state / "base"), n)
-            print(f"filled {topic} ({PARTITIONS} partitions): {n:,} records in {fill_s:.1f} s\n", flush=True)
-            results = []
-            for k in counts:
-                res = run_group(bootstrap, topic, state, k, n)
-                results.append(res)
-                each = ", ".join(f"{w} {r:,.0f}/s ({c:,})" for w, (r, c) in res["each"].items())
-                print(f"{k} process(es): {res['total']:,.0f} records/s in all; each: {each}", flush=True)
-            print()
-            base = results[0]["total"]
-            rows = [
-                [
-                    r["k"],
-                    r["total"],
-                    " / ".join(f"{rate:,.0f}" for rate, _ in r["each"].values()),
-                    " / ".join(f"{c:,}" for _, c in r["each"].values()),
-                    r["total"] / base,
-                ]
-                for r in results
+    with kafka_or_embedded(args.bootstrap) as bootstrap, tempfile.TemporaryDirectory(prefix="streamfed-bench-") as tmp:
+        state = Path(tmp)
+        topic = f"bench.site_scaleout.{uuid.uuid4().hex[:8]}"
+        fill_s = fill(_topology(bootstrap, topic, state / "base"), n)
+        print(f"filled {topic} ({PARTITIONS} partitions): {n:,} records in {fill_s:.1f} s\n", flush=True)
+        results = []
+        for k in counts:
+            res = run_group(bootstrap, topic, state, k, n)
+            results.append(res)
+            each = ", ".join(f"{w} {r:,.0f}/s ({c:,})" for w, (r, c) in res["each"].items())
+            print(f"{k} process(es): {res['total']:,.0f} records/s in all; each: {each}", flush=True)
+        print()
+        base = results[0]["total"]
+        rows = [
+            [
+                r["k"],
+                r["total"],
+                " / ".join(f"{rate:,.0f}" for rate, _ in r["each"].values()),
+                " / ".join(f"{c:,}" for _, c in r["each"].values()),
+                r["total"] / base,
             ]
-            table(["processes", "records/s, all", "records/s, each", "records, each", "x one process"], rows)
-            for r in results[1:]:
-                ratio(f"scaleout_{r['k']}/one_process", r["total"] / base)
-    finally:
-        if broker is not None:
-            broker.stop()
+            for r in results
+        ]
+        table(["processes", "records/s, all", "records/s, each", "records, each", "x one process"], rows)
+        for r in results[1:]:
+            ratio(f"scaleout_{r['k']}/one_process", r["total"] / base)
 
 
 if __name__ == "__main__":

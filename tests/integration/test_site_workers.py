@@ -44,13 +44,17 @@ def test_two_workers_of_one_site_share_its_partitions(topology_factory, tmp_path
     ports = {"w0": free_port(), "w1": free_port()}
     agg = start(["aggregator", *args, "--summary-json", str(tmp_path / "agg.json")], logs / "agg.log", tmp_path)
     workers = {}
-    try:
-        workers["w0"] = start(
-            ["site", *args, "--site", site.id, "--worker", "w0", "--metrics-port", str(ports["w0"]),
-             "--summary-json", str(tmp_path / "w0.json")],
-            logs / "w0.log",
+
+    def start_worker(name: str) -> None:
+        workers[name] = start(
+            ["site", *args, "--site", site.id, "--worker", name, "--metrics-port", str(ports[name]),
+             "--summary-json", str(tmp_path / f"{name}.json")],
+            logs / f"{name}.log",
             tmp_path,
         )  # fmt: skip
+
+    try:
+        start_worker("w0")
         wait_for(lambda: scrape(ports["w0"]), 120, "worker w0 serving metrics")
         out = RecordProducer(topo.kafka, "card_transaction", topo.name, "transaction_id")
         sim = TransactionSimulator(site.id, site.simulator)
@@ -65,12 +69,7 @@ def test_two_workers_of_one_site_share_its_partitions(topology_factory, tmp_path
         assert out.flush(30) == 0
         wait_for(lambda: _records(ports["w0"]) >= FIRST, 60, f"w0 learning\n{tail(logs / 'w0.log')}")
         # the second worker joins while the first is reading: a rebalance moves partitions to it
-        workers["w1"] = start(
-            ["site", *args, "--site", site.id, "--worker", "w1", "--metrics-port", str(ports["w1"]),
-             "--summary-json", str(tmp_path / "w1.json")],
-            logs / "w1.log",
-            tmp_path,
-        )  # fmt: skip
+        start_worker("w1")
         # w1 owns partitions once it reports their lag (librdkafka statistics, every second)
         wait_for(
             lambda: any(k.startswith("streamfed_site_consumer_lag_records{") for k in scrape(ports["w1"])),
