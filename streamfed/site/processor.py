@@ -85,7 +85,6 @@ class SiteProcessor:
         self._dead: DeadLetterSink | None = None
         self._secagg: Consumer | None = None
         self._secagg_codec = AvroCodec("secagg_message", codec.registry)
-        # updates whose ledger lines are being fsynced: (done, record, offsets read up to its window)
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ledger-{self.site_id}")
         # updates whose ledger lines are being fsynced: (done, record, offsets read up to its window)
         self._durable: deque[tuple[Future[None], dict[str, Any], list[TopicPartition]]] = deque()
