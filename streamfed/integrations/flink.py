@@ -100,7 +100,7 @@ from streamfed.kafka.resilient import ResilientProducer
 from streamfed.serde.avro import AvroCodec
 from streamfed.serde.registry import registry_for
 from streamfed.site.batch import learn_batch
-from streamfed.site.build import build_learner
+from streamfed.site.build import build_learner, site_home
 from streamfed.site.learner import SiteLearner
 from streamfed.topology.loader import load_topology, resolve_topology_path
 from streamfed.topology.spec import Topology
@@ -317,7 +317,7 @@ class SiteFunction(KeyedProcessFunction):
         topo: Topology = load_topology(self.topology_path, self.overrides)
         self.topo = topo
         site = topo.site(self.site_id)
-        self.home = topo.home / "sites" / site.id
+        self.home = site_home(topo, site.id)
         self.learner = build_learner(topo, site.id)
         self.codec = AvroCodec(topo.model.record_schema, registry_for(topo.kafka))
         self.update_codec = AvroCodec("model_update", self.codec.registry)
@@ -652,7 +652,7 @@ def site_job(
         env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(parallelism)
     env.enable_checkpointing(checkpoint_ms)
-    home = topo.home / "sites" / site.id
+    home = site_home(topo, site.id)
     home.mkdir(parents=True, exist_ok=True)
     kind: Literal["kafka", "files"] = "files" if files else "kafka"
     if files:

@@ -54,8 +54,7 @@ def learn_batch(
             got = learner.featurizer.transform_columns(columns, n)
             if got is not None:  # and every record valid: learn the batch as columns
                 X, y, _status = got
-                if learner.guard.id_field is not None:
-                    learner.guard.remember(columns[learner.guard.id_field])
+                learner.guard.remember(columns)
                 mask = None if contribute is None else np.fromiter(contribute, dtype=bool, count=n)
                 learner.learn(X, y, first_event_ms=min(timestamps_ms), contribute=mask)
                 return []

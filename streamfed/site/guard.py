@@ -67,10 +67,12 @@ class RecordGuard:
                 return False
         return True
 
-    def remember(self, ids: Column) -> None:
-        """Remember the distinct ids of records about to be learnt, in order (after :meth:`clean`)."""
+    def remember(self, columns: Mapping[str, Column]) -> None:
+        """Remember the ids of a batch given as columns, about to be learnt, in order (after
+        :meth:`clean` said yes of it)."""
         if self.id_field is None:
             return
+        ids = columns[self.id_field]
         keys = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         seen = self._seen
         for old in seen.keys() & set(keys):  # learnt before the window: remembered again, as new

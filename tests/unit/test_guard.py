@@ -39,7 +39,7 @@ def test_the_guard_follows_the_last_window_ids_by_records_and_by_columns(window:
         columns = {"site": ["s"] * len(batch), "id": np.array(batch)}
         if guard.clean(columns, len(batch)):
             assert all(expected)
-            guard.remember(columns["id"])
+            guard.remember(columns)
             by_columns += 1
             continue
         got = []  # not clean (perhaps only a repeat inside the batch): record by record
